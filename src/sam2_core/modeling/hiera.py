@@ -1,0 +1,202 @@
+"""Hiera trunk ("HieraDet"): a hierarchical ViT with windowed attention and query pooling.
+
+Input (B, 3, S, S) with S a multiple of 32; outputs one (B, C_i, S/4/2^i, S/4/2^i) map per stage,
+highest resolution first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sam2_core.modeling.common import MLP
+
+
+def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, C) -> (B * nW, ws, ws, C), zero-padding H and W up to multiples of ws."""
+    b, h, w, c = x.shape
+    pad_h, pad_w = (ws - h % ws) % ws, (ws - w % ws) % ws
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.view(b, hp // ws, ws, wp // ws, ws, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c), (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, ws: int, pad_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
+    """(B * nW, ws, ws, C) -> (B, H, W, C), cropping the padding."""
+    hp, wp = pad_hw
+    h, w = hw
+    b = windows.shape[0] // (hp * wp // ws // ws)
+    x = windows.reshape(b, hp // ws, wp // ws, ws, ws, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    return x[:, :h, :w, :].contiguous() if (hp > h or wp > w) else x
+
+
+def _pool(x: torch.Tensor, pool: nn.Module | None) -> torch.Tensor:
+    """Max-pool a (B, H, W, C) map spatially."""
+    if pool is None:
+        return x
+    return pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, H', W', C)
+
+
+class MultiScaleAttention(nn.Module):
+    """Self-attention over (B, H, W, C) tokens, optionally max-pooling the queries 2x."""
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int, q_pool: nn.Module | None = None):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_pool = q_pool
+        self.qkv = nn.Linear(dim, dim_out * 3)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1)  # (B, HW, 3, heads, d)
+        q, k, v = torch.unbind(qkv, 2)  # each (B, HW, heads, d)
+        if self.q_pool is not None:
+            q = _pool(q.reshape(b, h, w, -1), self.q_pool)  # (B, H/2, W/2, heads*d)
+            h, w = q.shape[1:3]
+            q = q.reshape(b, h * w, self.num_heads, -1)
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        )  # (B, heads, HqWq, d)
+        out = out.transpose(1, 2).reshape(b, h, w, -1)
+        return self.proj(out)
+
+
+class MultiScaleBlock(nn.Module):
+    """Pre-norm transformer block; stage transitions widen the channels and pool the queries.
+
+    The shortcut of a widening block is ``pool(proj(norm1(x)))`` (it uses the normalised input).
+    Windows are zero-padded and the padded tokens take part in attention unmasked.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        dim_out: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        q_stride: tuple[int, int] | None = None,
+        window_size: int = 0,
+    ) -> None:
+        super().__init__()
+        self.dim, self.dim_out = dim, dim_out
+        self.window_size = window_size
+        self.q_stride = q_stride
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.pool = nn.MaxPool2d(kernel_size=q_stride, stride=q_stride) if q_stride else None
+        self.attn = MultiScaleAttention(dim, dim_out, num_heads, q_pool=self.pool)
+        self.norm2 = nn.LayerNorm(dim_out, eps=1e-6)
+        self.mlp = MLP(dim_out, int(dim_out * mlp_ratio), dim_out, 2, activation=nn.GELU)
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, dim) -> (B, H', W', dim_out)."""
+        shortcut = x
+        x = self.norm1(x)
+        if self.dim != self.dim_out:
+            shortcut = _pool(self.proj(x), self.pool)
+        ws = self.window_size
+        h, w = x.shape[1:3]
+        pad_hw = (h, w)
+        if ws > 0:
+            x, pad_hw = window_partition(x, ws)
+        x = self.attn(x)
+        if self.q_stride is not None:
+            ws = ws // self.q_stride[0]
+            h, w = shortcut.shape[1:3]
+            pad_hw = (h + (ws - h % ws) % ws, w + (ws - w % ws) % ws) if ws > 0 else (h, w)
+        if self.window_size > 0:
+            x = window_unpartition(x, ws, pad_hw, (h, w))
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Conv 7x7 stride 4 patch embedding: (B, 3, S, S) -> (B, S/4, S/4, C)."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=7, stride=4, padding=3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
+
+
+class Hiera(nn.Module):
+    """Hierarchical trunk. Window sizes lag one block behind stage changes (Meta's rule)."""
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int = 96,
+        num_heads: int = 1,
+        stages: Sequence[int] = (2, 3, 16, 3),
+        global_att_blocks: Sequence[int] = (12, 16, 20),
+        window_spec: Sequence[int] = (8, 4, 14, 7),
+        window_pos_embed_bkg_spatial_size: Sequence[int] = (14, 14),
+        q_pool: int = 3,
+        q_stride: tuple[int, int] = (2, 2),
+        dim_mul: float = 2.0,
+        head_mul: float = 2.0,
+        mlp_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        self.stage_ends = [sum(stages[:i]) - 1 for i in range(1, len(stages) + 1)]
+        q_pool_blocks = [e + 1 for e in self.stage_ends[:-1]][:q_pool]
+        self.patch_embed = PatchEmbed(embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_dim, *window_pos_embed_bkg_spatial_size))
+        self.pos_embed_window = nn.Parameter(torch.zeros(1, embed_dim, window_spec[0], window_spec[0]))
+        self.blocks = nn.ModuleList()
+        stage = 1
+        dim = embed_dim
+        for i in range(sum(stages)):
+            dim_out = dim
+            window_size = 0 if i in global_att_blocks else window_spec[stage - 1]
+            if i - 1 in self.stage_ends:
+                dim_out = int(dim * dim_mul)
+                num_heads = int(num_heads * head_mul)
+                stage += 1
+            self.blocks.append(
+                MultiScaleBlock(
+                    dim,
+                    dim_out,
+                    num_heads,
+                    mlp_ratio=mlp_ratio,
+                    q_stride=q_stride if i in q_pool_blocks else None,
+                    window_size=window_size,
+                )
+            )
+            dim = dim_out
+        self.channel_list = [self.blocks[i].dim_out for i in self.stage_ends[::-1]]
+
+    def _pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:
+        """Background PE interpolated to hw plus the window PE tiled over it -> (1, H, W, C)."""
+        pos = F.interpolate(self.pos_embed, size=hw, mode="bicubic")
+        win = self.pos_embed_window
+        reps = [a // b for a, b in zip(pos.shape, win.shape)]
+        if any(a % b for a, b in zip(pos.shape[2:], win.shape[2:])):
+            raise ValueError(
+                f"feature map {hw} is not a multiple of the {win.shape[-1]}-pixel window: "
+                "image_size must be a multiple of 32"
+            )
+        return (pos + win.tile(reps)).permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: (B, 3, S, S) -> per stage (B, C_i, S/2^(i+2), S/2^(i+2)), high resolution first."""
+        x = self.patch_embed(x)
+        x = x + self._pos_embed(tuple(x.shape[1:3]))
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i in self.stage_ends:
+                outputs.append(x.permute(0, 3, 1, 2))  # (B, H, W, C) -> (B, C, H, W)
+        return outputs

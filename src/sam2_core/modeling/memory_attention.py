@@ -1,0 +1,180 @@
+"""Memory attention: condition the current frame's features on the memory bank.
+
+Self-attention over the current frame and cross-attention to memory tokens, both with 2-D axial
+RoPE; the trailing object-pointer tokens of the memory are left unrotated.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sam2_core.modeling.common import Attention
+from sam2_core.modeling.position_encoding import apply_rope, axial_rope_tables
+
+
+class RoPEAttention(Attention):
+    """Attention with 2-D axial rotary encoding of queries and (the first) keys.
+
+    Args:
+        rope_theta: RoPE base.
+        rope_k_repeat: keys may span several frames of the query grid; the table repeats.
+    """
+
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        *,
+        downsample_rate: int = 1,
+        dropout: float = 0.0,
+        kv_in_dim: int | None = None,
+        rope_theta: float = 10000.0,
+        rope_k_repeat: bool = False,
+    ) -> None:
+        super().__init__(embedding_dim, num_heads, downsample_rate, dropout, kv_in_dim)
+        self.rope_theta = rope_theta
+        self.rope_k_repeat = rope_k_repeat
+        self._tables: dict[tuple[int, int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def rope_tables(self, feat_hw: tuple[int, int], device: torch.device):
+        """Cached (cos, sin) tables for a (H, W) grid, each (H*W, head_dim/2)."""
+        key = (feat_hw[0], feat_hw[1], str(device))
+        if key not in self._tables:
+            head_dim = self.internal_dim // self.num_heads
+            self._tables[key] = axial_rope_tables(
+                head_dim, feat_hw[1], feat_hw[0], self.rope_theta, device=device
+            )
+        return self._tables[key]
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        feat_hw: tuple[int, int],
+        num_k_exclude_rope: int = 0,
+    ) -> torch.Tensor:
+        """q: (B, H*W, C); k, v: (B, Nk, kv_in_dim) -> (B, H*W, C).
+
+        Args:
+            feat_hw: the (H, W) grid of the query tokens (row-major).
+            num_k_exclude_rope: number of trailing keys (object pointers) left unrotated.
+        """
+        q, k, v = self._project(q, k, v)
+        cos, sin = self.rope_tables(feat_hw, q.device)
+        if q.shape[-2] != k.shape[-2] and not self.rope_k_repeat:
+            raise ValueError("keys and queries differ in length but rope_k_repeat is off")
+        q = apply_rope(q, cos, sin)
+        n_rope = k.shape[-2] - num_k_exclude_rope
+        if n_rope > 0:
+            k_rot = apply_rope(k[:, :, :n_rope], cos, sin)
+            k = torch.cat([k_rot, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope else k_rot
+        return self._attend(q, k, v)
+
+
+class MemoryAttentionLayer(nn.Module):
+    """Pre-norm layer: RoPE self-attention, RoPE cross-attention to memory, ReLU FFN."""
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 256,
+        mem_dim: int = 64,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.self_attn = RoPEAttention(d_model, 1, dropout=dropout)
+        self.cross_attn_image = RoPEAttention(
+            d_model, 1, dropout=dropout, kv_in_dim=mem_dim, rope_k_repeat=True
+        )
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.norm3 = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+        self.activation = nn.ReLU()
+
+    def forward(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        *,
+        feat_hw: tuple[int, int],
+        num_k_exclude_rope: int = 0,
+    ) -> torch.Tensor:
+        """tgt (B, HW, C); memory, memory_pos (B, M, mem_dim) -> (B, HW, C)."""
+        t = self.norm1(tgt)
+        tgt = tgt + self.dropout1(self.self_attn(t, t, t, feat_hw=feat_hw))
+        t = self.norm2(tgt)
+        t = self.cross_attn_image(
+            t,
+            memory + memory_pos,
+            memory,
+            feat_hw=feat_hw,
+            num_k_exclude_rope=num_k_exclude_rope,
+        )
+        tgt = tgt + self.dropout2(t)
+        t = self.norm3(tgt)
+        t = self.linear2(self.dropout(self.activation(self.linear1(t))))
+        return tgt + self.dropout3(t)
+
+
+class MemoryAttention(nn.Module):
+    """A stack of memory-attention layers with a final LayerNorm (batch-first throughout)."""
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 256,
+        mem_dim: int = 64,
+        num_layers: int = 4,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            MemoryAttentionLayer(
+                d_model=d_model, mem_dim=mem_dim, dim_feedforward=dim_feedforward, dropout=dropout
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(
+        self,
+        curr: torch.Tensor,
+        curr_pos: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        *,
+        feat_hw: tuple[int, int],
+        num_obj_ptr_tokens: int = 0,
+    ) -> torch.Tensor:
+        """Condition current features on memory.
+
+        Args:
+            curr: (B, H*W, C) current-frame features (row-major grid ``feat_hw``).
+            curr_pos: (B, H*W, C) their sine encoding (0.1 of it is added at the input).
+            memory: (B, M, mem_dim) spatial memory tokens followed by object-pointer tokens.
+            memory_pos: (B, M, mem_dim) positional + temporal encodings of the memory.
+            num_obj_ptr_tokens: how many trailing memory tokens are object pointers.
+
+        Returns:
+            (B, H*W, C) memory-conditioned features.
+        """
+        if memory.dtype != curr.dtype:  # e.g. bf16-stored memory with fp32 compute (sam2#577)
+            memory, memory_pos = memory.to(curr.dtype), memory_pos.to(curr.dtype)
+        out = curr + 0.1 * curr_pos
+        for layer in self.layers:
+            out = layer(
+                out, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_obj_ptr_tokens
+            )
+        return self.norm(out)
