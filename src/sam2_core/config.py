@@ -126,7 +126,7 @@ _LARGE = HieraConfig(
 
 #: The eight official variants, by the names used for their checkpoint files.
 OFFICIAL_CONFIGS: dict[str, SAM2Config] = {}
-for _size, _trunk in (("tiny", _TINY), ("small", _SMALL), ("base_plus", _BASE_PLUS), ("large", _LARGE)):
-    for _version, _prefix in (("2.1", "sam2.1"), ("2.0", "sam2")):
+for _version, _prefix in (("2.1", "sam2.1"), ("2.0", "sam2")):
+    for _size, _trunk in (("tiny", _TINY), ("small", _SMALL), ("base_plus", _BASE_PLUS), ("large", _LARGE)):
         _name = f"{_prefix}_hiera_{_size}"
         OFFICIAL_CONFIGS[_name] = SAM2Config(name=_name, trunk=_trunk, version=_version)

@@ -285,15 +285,21 @@ class SAM2Model(nn.Module):
             feats = feats + absent[..., None, None] * self.no_obj_embed_spatial[..., None, None]
         return feats, pos
 
-    def obj_ptr_tpos(self, rel_pos: torch.Tensor) -> torch.Tensor:
+    def max_obj_ptrs(self, num_frames: int | None) -> int:
+        """How many object pointers memory attention sees in a stack of ``num_frames``."""
+        n = self.config.max_obj_ptrs_in_encoder
+        return n if num_frames is None else min(num_frames, n)
+
+    def obj_ptr_tpos(self, rel_pos: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         """Temporal encoding (N, mem_dim) of object pointers at signed frame offsets (N,).
 
-        2.1: projected sine encoding of rel_pos / (max_obj_ptrs - 1); 2.0: zeros.
+        2.1: projected sine encoding of rel_pos / (P - 1) with P = :meth:`max_obj_ptrs`;
+        2.0: zeros.
         """
         cm = self.config.mem_dim
         if self.obj_ptr_tpos_proj is None:
             return rel_pos.new_zeros(rel_pos.shape[0], cm, dtype=torch.float32)
-        t_max = self.config.max_obj_ptrs_in_encoder - 1
+        t_max = max(self.max_obj_ptrs(num_frames) - 1, 1)
         enc = sine_1d(rel_pos.float() / t_max, self.config.d_model)
         return self.obj_ptr_tpos_proj(enc)
 

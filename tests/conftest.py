@@ -1,0 +1,49 @@
+"""Shared fixtures: isolated config/cache dirs, seeded checkpoints, small models."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+DATA = TESTS / "data"
+sys.path.insert(0, str(TESTS / "reference"))
+
+# Isolate every run from the user's napari settings and caches (before napari is imported).
+_tmp_home = tempfile.mkdtemp(prefix="napari-sam2-tests-")
+for var, sub in (("XDG_CONFIG_HOME", "config"), ("XDG_CACHE_HOME", "cache"), ("NAPARI_SAM2_HOME", "sam2")):
+    os.environ[var] = os.path.join(_tmp_home, sub)
+os.environ.setdefault("NAPARI_SAM2_OFFLINE", "1")  # tests never reach the internet
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def seeded_checkpoint(tmp_path_factory):
+    """Factory: path of a Meta-format checkpoint for (variant, seed, obj_score_bias), cached."""
+    from seeded_weights import write_checkpoint
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    made: dict[tuple, Path] = {}
+
+    def make(name: str = "sam2.1_hiera_tiny", seed: int = 0, obj_score_bias: float | None = 10.0):
+        key = (name, seed, obj_score_bias)
+        if key not in made:
+            made[key] = write_checkpoint(root / f"{name}_{seed}_{obj_score_bias}.pt", name, seed, obj_score_bias)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny256(seeded_checkpoint):
+    """sam2.1 tiny at image_size 256 with seeded weights (seed 0), CPU, eval."""
+    from sam2_core import build_sam2
+
+    return build_sam2(checkpoint=seeded_checkpoint("sam2.1_hiera_tiny", 0), image_size=256, device="cpu")
