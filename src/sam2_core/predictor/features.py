@@ -1,0 +1,140 @@
+"""Image features of the frames of a stack: computed on demand, a bounded in-memory cache, a
+background read-ahead of the next frames' pixels, and an optional on-disk cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sam2_core.modeling.sam2 import ImageFeatures, SAM2Model
+
+_logger = logging.getLogger(__name__)
+
+
+def model_fingerprint(model: SAM2Model) -> str:
+    """Short hash of a model's config and (a strided sample of) its weights."""
+    h = hashlib.sha256(repr(model.config.to_dict()).encode())
+    for k, v in model.state_dict().items():
+        flat = v.detach().reshape(-1)
+        h.update(k.encode())
+        h.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class FeatureCache:
+    """Encoded frames for one stack and model.
+
+    Args:
+        frames: a :class:`~sam2_core.io.FrameSource`.
+        model: the model whose image encoder runs.
+        capacity: how many frames' features stay in memory (least recently used go first).
+        read_ahead: how many upcoming frames are read and preprocessed in a background thread.
+        disk_cache: a folder for an on-disk cache of features (None: off). Entries are keyed
+            by model fingerprint, preprocessing and the frame's own bytes.
+    """
+
+    def __init__(
+        self,
+        frames,
+        model: SAM2Model,
+        *,
+        capacity: int = 4,
+        read_ahead: int = 2,
+        disk_cache: str | os.PathLike | None = None,
+    ) -> None:
+        self.frames = frames
+        self.model = model
+        self.capacity = max(1, capacity)
+        self.read_ahead = max(0, read_ahead)
+        self._cache: OrderedDict[int, ImageFeatures] = OrderedDict()
+        self._pending: dict[int, Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-read") if read_ahead else None
+        self.disk_cache = Path(disk_cache) if disk_cache else None
+        self._prefix = None
+        if self.disk_cache is not None:
+            self.disk_cache.mkdir(parents=True, exist_ok=True)
+            limits = np.asarray(frames.limits if frames.limits is not None else [], dtype=np.float64)
+            pre = repr((model.image_size, frames.channels, frames.natural_rgb, limits.tolist()))
+            self._prefix = hashlib.sha256((model_fingerprint(model) + pre).encode()).hexdigest()[:16]
+        self.encoded = 0  # frames run through the image encoder (for tests and benchmarks)
+
+    def _input(self, index: int) -> torch.Tensor:
+        return self.frames.model_input(index, self.model.image_size)
+
+    def _disk_path(self, index: int) -> Path:
+        raw = np.ascontiguousarray(self.frames.raw(index))
+        key = hashlib.sha256(raw.tobytes() + repr((raw.shape, str(raw.dtype))).encode()).hexdigest()[:24]
+        return self.disk_cache / f"{self._prefix}-{key}.pt"
+
+    def prefetch(self, indices) -> None:
+        """Start reading the given frames in the background (no-op without read-ahead)."""
+        if self._pool is None:
+            return
+        for i in list(indices)[: self.read_ahead]:
+            if 0 <= i < self.frames.num_frames and i not in self._cache and i not in self._pending:
+                self._pending[i] = self._pool.submit(self._input, i)
+
+    def get(self, index: int) -> ImageFeatures:
+        """Features of frame ``index`` (batch 1) on the model's device."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        feats = self._load_disk(index) if self.disk_cache is not None else None
+        if feats is None:
+            fut = self._pending.pop(index, None)
+            x = fut.result() if fut is not None else self._input(index)
+            with torch.inference_mode():
+                feats = self.model.encode_image(x.to(self.model.device))
+            self.encoded += 1
+            if self.disk_cache is not None:
+                self._save_disk(index, feats)
+        self._cache[index] = feats
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return feats
+
+    def _load_disk(self, index: int) -> ImageFeatures | None:
+        path = self._disk_path(index)
+        if not path.is_file():
+            return None
+        try:
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            feats = ImageFeatures(d["vision_features"], d["vision_pos"], list(d["high_res"]))
+        except Exception as e:  # a damaged entry is recomputed, never fatal
+            _logger.warning("ignoring unreadable embedding cache entry %s (%s)", path, e)
+            return None
+        return feats.to(self.model.device)
+
+    def _save_disk(self, index: int, feats: ImageFeatures) -> None:
+        path = self._disk_path(index)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+        os.close(fd)
+        try:
+            cpu = feats.to("cpu")
+            torch.save({"vision_features": cpu.vision_features, "vision_pos": cpu.vision_pos,
+                        "high_res": cpu.high_res}, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            Path(tmp).unlink(missing_ok=True)
+            _logger.warning("could not write embedding cache %s (%s)", path, e)
+
+    def clear(self) -> None:
+        self._cache.clear()
+        for fut in self._pending.values():
+            fut.cancel()
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,458 @@
+"""SAM2VideoPredictor: prompt objects on any frame and track them through a stack.
+
+Meta's API and results, with three differences that matter for microscopy:
+frames are read and encoded lazily (the stack is never materialised), the memory bank keeps
+only what memory attention can still use (memory does not grow with the number of frames),
+and all objects on a frame go through memory attention, decoder and memory encoder as one
+batch. Corrections (prompts on an already tracked frame) become conditioning frames, so a
+later propagation never overwrites them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam2_core.io.frames import FrameSource
+from sam2_core.masks import fill_holes_in_logits, non_overlapping
+from sam2_core.modeling.sam2 import NO_OBJ_SCORE, HeadsOutput, SAM2Model
+from sam2_core.predictor import memory_bank as mb
+from sam2_core.predictor.features import FeatureCache
+from sam2_core.predictor.state import FrameOutput, ObjectState, VideoState
+
+
+class SAM2VideoPredictor:
+    """Track many objects through a video, a time-lapse or the slices of a volume.
+
+    Args:
+        model: a :class:`SAM2Model`.
+        fill_hole_area: fill background holes up to this many low-res pixels in outputs.
+        non_overlap_masks: in outputs, give each pixel to the highest-scoring object only.
+        storage_dtype: dtype of stored spatial memories (bfloat16 like Meta's, or float32).
+        max_cond_frames_in_attn: -1 = all conditioning frames, else the closest few (>= 2).
+        memory_temporal_stride: stride between recent memory frames (1 = consecutive).
+        clear_non_cond_mem_around_input: forget an object's tracked memories near a new prompt.
+        feature_cache_size: frames whose image features stay in memory.
+        read_ahead: frames read and preprocessed ahead in a background thread.
+    """
+
+    def __init__(
+        self,
+        model: SAM2Model,
+        *,
+        fill_hole_area: int = 8,
+        non_overlap_masks: bool = False,
+        storage_dtype: torch.dtype = torch.bfloat16,
+        max_cond_frames_in_attn: int = -1,
+        memory_temporal_stride: int = 1,
+        clear_non_cond_mem_around_input: bool = False,
+        feature_cache_size: int = 4,
+        read_ahead: int = 2,
+    ) -> None:
+        self.model = model.eval()
+        self.fill_hole_area = fill_hole_area
+        self.non_overlap_masks = non_overlap_masks
+        self.storage_dtype = storage_dtype
+        self.max_cond_frames_in_attn = max_cond_frames_in_attn
+        self.memory_temporal_stride = memory_temporal_stride
+        self.clear_non_cond_mem_around_input = clear_non_cond_mem_around_input
+        self.feature_cache_size = feature_cache_size
+        self.read_ahead = read_ahead
+        self.image_size = model.image_size
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike = "default", **kwargs: Any) -> SAM2VideoPredictor:
+        """A predictor for a model name (see ``list_models()``) or a checkpoint file."""
+        from sam2_core.build import build_sam2
+
+        device = kwargs.pop("device", None)
+        if os.path.exists(str(name_or_path)):
+            model = build_sam2(checkpoint=name_or_path, device=device)
+        else:
+            model = build_sam2(str(name_or_path), device=device)
+        return cls(model, **kwargs)
+
+    # --- session ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def init_state(
+        self,
+        frames: Any,
+        *,
+        contrast_limits: Any = None,
+        channels: Sequence[int] | None = None,
+        channel_axis: int | None = None,
+        embedding_cache: str | os.PathLike | None = None,
+    ) -> VideoState:
+        """Open a stack for tracking (nothing is read beyond a few sample frames).
+
+        Args:
+            frames: (T, Y, X) or (T, Y, X, C) array-like (numpy, dask, zarr, memmap), a
+                :class:`FrameSource`, or a path to a TIFF/OME-TIFF, zarr or folder of images.
+            contrast_limits: fixed intensity limits (e.g. napari's); default robust percentiles.
+            channels: up to 3 channel indices for data with more channels.
+            channel_axis: where channels are, if not last.
+            embedding_cache: folder for an on-disk cache of image features.
+        """
+        if isinstance(frames, FrameSource):
+            source = frames
+        else:
+            source = FrameSource(frames, contrast_limits=contrast_limits, channels=channels,
+                                 channel_axis=channel_axis)
+        cache = FeatureCache(source, self.model, capacity=self.feature_cache_size,
+                             read_ahead=self.read_ahead, disk_cache=embedding_cache)
+        return VideoState(frames=source, features=cache, device=self.model.device)
+
+    def reset_state(self, state: VideoState) -> None:
+        """Remove every object, prompt and result (image features stay cached)."""
+        state.objects.clear()
+
+    def close_state(self, state: VideoState) -> None:
+        """Release the state's caches and reader thread."""
+        state.objects.clear()
+        state.features.close()
+
+    # --- prompts -----------------------------------------------------------------------------
+
+    def _check_frame(self, state: VideoState, frame_idx: int) -> int:
+        if not isinstance(frame_idx, (int, np.integer)) or not 0 <= frame_idx < state.num_frames:
+            raise IndexError(f"frame_idx {frame_idx!r} is outside the stack (0 .. {state.num_frames - 1})")
+        return int(frame_idx)
+
+    def _get_object(self, state: VideoState, obj_id: int, create: bool) -> ObjectState:
+        if not isinstance(obj_id, (int, np.integer)):
+            raise TypeError(f"obj_id must be an integer, got {obj_id!r}")
+        obj_id = int(obj_id)
+        if obj_id not in state.objects:
+            if not create:
+                raise KeyError(f"unknown object id {obj_id}; known ids: {state.obj_ids}")
+            state.objects[obj_id] = ObjectState(obj_id)
+        return state.objects[obj_id]
+
+    def _to_model_points(self, state, points, labels, box, normalize_coords):
+        pts = np.zeros((0, 2), np.float32) if points is None else np.asarray(points, np.float32)
+        lab = np.zeros((0,), np.int64) if labels is None else np.asarray(labels)
+        if pts.ndim == 3 and pts.shape[0] == 1:
+            pts, lab = pts[0], lab.reshape(-1)
+        if pts.ndim != 2 or pts.shape[1] != 2 or lab.shape != (pts.shape[0],):
+            raise ValueError(f"points must be (N, 2) (x, y) with labels (N,); got {pts.shape} and {lab.shape}")
+        if not np.isin(lab, (0, 1)).all():
+            raise ValueError(f"labels must be 1 (positive) or 0 (negative), got {np.unique(lab).tolist()}")
+        if box is not None:
+            b = np.asarray(box, np.float32).reshape(-1)
+            if b.shape != (4,):
+                raise ValueError(f"box must be (x0, y0, x1, y1), got shape {np.asarray(box).shape}")
+            pts = np.concatenate([b.reshape(2, 2), pts])
+            lab = np.concatenate([[2, 3], lab])
+        if not np.isfinite(pts).all():
+            raise ValueError("points contain NaN or infinite values")
+        h, w = state.video_height, state.video_width
+        if normalize_coords:
+            if (pts < -0.5).any() or (pts[:, 0] > w - 0.5).any() or (pts[:, 1] > h - 0.5).any():
+                raise ValueError(f"points {pts.tolist()} fall outside the {w}x{h} (x by y) frame")
+            pts = pts / np.array([w, h], np.float32)
+        elif (pts < 0).any() or (pts > 1).any():
+            raise ValueError("with normalize_coords=False points must be in [0, 1]")
+        coords = torch.as_tensor(pts * self.image_size, device=state.device)[None]
+        return coords, torch.as_tensor(lab, dtype=torch.int32, device=state.device)[None]
+
+    @torch.inference_mode()
+    def add_new_points_or_box(
+        self,
+        state: VideoState,
+        frame_idx: int,
+        obj_id: int,
+        points: Any = None,
+        labels: Any = None,
+        clear_old_points: bool = True,
+        normalize_coords: bool = True,
+        box: Any = None,
+    ) -> tuple[int, list[int], torch.Tensor]:
+        """Clicks and/or a box for one object on one frame; returns that frame's masks.
+
+        Args:
+            points: (N, 2) (x, y) pixels of the original frame; labels (N,) 1 / 0.
+            clear_old_points: replace this object's earlier clicks on the frame (else add).
+            box: (x0, y0, x1, y1) pixels; needs clear_old_points=True.
+
+        Returns:
+            (frame_idx, obj_ids, mask logits (N_obj, 1, H, W) at the frame's own size).
+        """
+        frame_idx = self._check_frame(state, frame_idx)
+        if (points is None) != (labels is None):
+            raise ValueError("points and labels must be given together")
+        if points is None and box is None:
+            raise ValueError("give points (with labels) or a box")
+        if box is not None and not clear_old_points:
+            raise ValueError("a box must come first: use clear_old_points=True with a box")
+        coords, labs = self._to_model_points(state, points, labels, box, normalize_coords)
+        obj = self._get_object(state, obj_id, create=True)
+        if not clear_old_points and frame_idx in obj.points:
+            old_c, old_l = obj.points[frame_idx]
+            coords, labs = torch.cat([old_c, coords], 1), torch.cat([old_l, labs], 1)
+        obj.points[frame_idx] = (coords, labs)
+        obj.masks.pop(frame_idx, None)
+        obj.temp[frame_idx] = self._prompt_step(state, obj, frame_idx, points=(coords, labs))
+        return frame_idx, state.obj_ids, self._frame_masks(state, frame_idx)
+
+    add_new_points = add_new_points_or_box
+
+    @torch.inference_mode()
+    def add_new_mask(self, state: VideoState, frame_idx: int, obj_id: int, mask: Any) -> tuple[int, list[int], torch.Tensor]:
+        """A (H, W) mask (bool or 0/1) for one object on one frame; returns that frame's masks."""
+        frame_idx = self._check_frame(state, frame_idx)
+        m = torch.as_tensor(np.asarray(mask), device=state.device)
+        if m.ndim != 2 or tuple(m.shape) != (state.video_height, state.video_width):
+            raise ValueError(f"mask must be ({state.video_height}, {state.video_width}), got {tuple(m.shape)}")
+        m = m[None, None].float()
+        if m.shape[-2:] != (self.image_size, self.image_size):
+            m = F.interpolate(m, size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+            m = (m >= 0.5).float()
+        obj = self._get_object(state, obj_id, create=True)
+        obj.masks[frame_idx] = m
+        obj.points.pop(frame_idx, None)
+        obj.temp[frame_idx] = self._prompt_step(state, obj, frame_idx, mask=m)
+        return frame_idx, state.obj_ids, self._frame_masks(state, frame_idx)
+
+    def _prompt_step(self, state: VideoState, obj: ObjectState, frame_idx: int, points=None, mask=None) -> FrameOutput:
+        """Decode one object's prompt on a frame (memory is encoded later, at propagation)."""
+        feats = state.features.get(frame_idx)
+        if mask is not None:
+            heads = self.model.use_mask_as_output(feats.vision_features, feats.high_res, mask)
+        else:
+            is_init = frame_idx not in obj.tracked
+            prev = obj.output(frame_idx)
+            prev_logits = None
+            if prev is not None and prev.pred_masks is not None:
+                prev_logits = torch.clamp(prev.pred_masks.to(state.device), -32.0, 32.0)
+            if is_init:
+                pix = self.model.add_no_mem_embed(feats.vision_features)
+            else:
+                pix = self._condition(state, [obj], frame_idx, obj.tracked[frame_idx])
+            coords, labels = points
+            multimask = labels.shape[1] <= 1
+            heads = self.model.forward_sam_heads(pix, coords, labels, prev_logits, feats.high_res, multimask)
+        return FrameOutput(heads.obj_ptr, heads.object_score_logits, None, self._postprocess(heads.low_res_masks))
+
+    def _postprocess(self, low_res: torch.Tensor) -> torch.Tensor:
+        return fill_holes_in_logits(low_res, self.fill_hole_area) if self.fill_hole_area > 0 else low_res
+
+    # --- removing prompts and objects --------------------------------------------------------
+
+    @torch.inference_mode()
+    def clear_all_prompts_in_frame(self, state: VideoState, frame_idx: int, obj_id: int, need_output: bool = True):
+        """Drop an object's prompts on a frame; that frame becomes an ordinary tracked frame."""
+        frame_idx = self._check_frame(state, frame_idx)
+        obj = self._get_object(state, obj_id, create=False)
+        obj.points.pop(frame_idx, None)
+        obj.masks.pop(frame_idx, None)
+        obj.temp.pop(frame_idx, None)
+        out = obj.cond.pop(frame_idx, None)
+        if out is not None:
+            obj.non_cond[frame_idx] = out
+        obj.tracked.pop(frame_idx, None)
+        if need_output:
+            return frame_idx, state.obj_ids, self._frame_masks(state, frame_idx)
+        return None
+
+    @torch.inference_mode()
+    def remove_object(self, state: VideoState, obj_id: int, strict: bool = False, need_output: bool = True):
+        """Forget an object. Returns (obj_ids, [(frame_idx, masks) for its prompted frames])."""
+        if int(obj_id) not in state.objects:
+            if strict:
+                raise KeyError(f"unknown object id {obj_id}; known ids: {state.obj_ids}")
+            return state.obj_ids, []
+        obj = state.objects.pop(int(obj_id))
+        frames = sorted(obj.prompt_frames() | set(obj.cond) | set(obj.temp))
+        updated = [(f, self._frame_masks(state, f)) for f in frames] if need_output and state.objects else []
+        return state.obj_ids, updated
+
+    # --- propagation -------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def propagate_in_video_preflight(self, state: VideoState) -> None:
+        """Encode the memory of pending prompt results and make them conditioning frames."""
+        if not state.objects:
+            raise RuntimeError("no objects: add points, a box or a mask first (add_new_points_or_box)")
+        for obj in state.objects.values():
+            for f, out in sorted(obj.temp.items()):
+                if out.maskmem_features is None:
+                    feats = state.features.get(f)
+                    high = F.interpolate(out.pred_masks.to(state.device), size=(self.image_size,) * 2,
+                                         mode="bilinear", align_corners=False)
+                    mem, pos = self.model.encode_memory(feats.vision_features, high, out.object_score_logits, True)
+                    out.maskmem_features = mem.to(self.storage_dtype)
+                    if state.maskmem_pos is None:
+                        state.maskmem_pos = pos[:1]
+                obj.cond[f] = out
+                obj.non_cond.pop(f, None)
+                if self.clear_non_cond_mem_around_input:
+                    r = self.memory_temporal_stride * self.model.num_maskmem
+                    for t in [t for t in obj.non_cond if abs(t - f) <= r]:
+                        del obj.non_cond[t]
+            obj.temp.clear()
+            if not obj.cond:
+                raise RuntimeError(f"object {obj.obj_id} has no prompts: add points, a box or a mask for it")
+
+    @torch.inference_mode()
+    def propagate_in_video(
+        self,
+        state: VideoState,
+        start_frame_idx: int | None = None,
+        max_frame_num_to_track: int | None = None,
+        reverse: bool = False,
+    ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
+        """Track all objects frame by frame; yields (frame_idx, obj_ids, mask logits (N, 1, H, W)).
+
+        Stopping the generator at any point leaves the state valid (each frame is committed
+        before it is yielded).
+        """
+        for f, ids, low_res in self.propagate_low_res(state, start_frame_idx, max_frame_num_to_track, reverse):
+            yield f, ids, self._to_video_res(state, low_res)
+
+    def frame_order(self, state: VideoState, start_frame_idx: int | None, max_frame_num_to_track: int | None,
+                    reverse: bool) -> list[int]:
+        """The frames a propagation visits (Meta's rule: ``max`` frames after the start, inclusive)."""
+        if start_frame_idx is None:
+            start_frame_idx = min(t for o in state.objects.values() for t in o.cond)
+        start = self._check_frame(state, start_frame_idx)
+        n = state.num_frames if max_frame_num_to_track is None else int(max_frame_num_to_track)
+        if n < 0:
+            raise ValueError("max_frame_num_to_track must be >= 0")
+        if reverse:
+            return list(range(start, max(start - n, 0) - 1, -1)) if start > 0 else []
+        return list(range(start, min(start + n, state.num_frames - 1) + 1))
+
+    @torch.inference_mode()
+    def propagate_low_res(self, state: VideoState, start_frame_idx: int | None = None,
+                          max_frame_num_to_track: int | None = None, reverse: bool = False):
+        """Like :meth:`propagate_in_video`, yielding low-res logits (N, 1, S/4, S/4) instead."""
+        self.propagate_in_video_preflight(state)
+        order = self.frame_order(state, start_frame_idx, max_frame_num_to_track, reverse)
+        for i, f in enumerate(order):
+            state.features.prefetch(order[i + 1 : i + 1 + self.read_ahead])
+            objs = list(state.objects.values())
+            to_track = [o for o in objs if f not in o.cond]
+            if to_track:
+                self._track_frame(state, to_track, f, reverse)
+            for o in objs:
+                o.tracked[f] = reverse
+                self._evict(o, f, reverse)
+            low = torch.cat([o.output(f).pred_masks.to(state.device) for o in objs])
+            yield f, [o.obj_id for o in objs], low
+
+    def _track_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> None:
+        """One tracking step for a batch of objects on frame f (memory-conditioned)."""
+        feats = state.features.get(f)
+        b = len(objs)
+        pix = self._condition(state, objs, f, reverse)
+        high_res = [h.expand(b, -1, -1, -1) for h in feats.high_res]
+        heads: HeadsOutput = self.model.forward_sam_heads(pix, None, None, None, high_res, multimask_output=True)
+        vision = feats.vision_features.expand(b, -1, -1, -1)
+        mem, pos = self.model.encode_memory(vision, heads.high_res_masks, heads.object_score_logits, False)
+        if state.maskmem_pos is None:
+            state.maskmem_pos = pos[:1]
+        low = self._postprocess(heads.low_res_masks)
+        mem = mem.to(self.storage_dtype)
+        for i, o in enumerate(objs):
+            o.non_cond[f] = FrameOutput(heads.obj_ptr[i : i + 1], heads.object_score_logits[i : i + 1],
+                                        mem[i : i + 1], low[i : i + 1])
+
+    def _condition(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> torch.Tensor:
+        """Memory-conditioned features (B, C, h, w); objects with equal memory layout share a batch."""
+        feats = state.features.get(f)
+        built = [self._memory_of(state, o, f, reverse) for o in objs]
+        out = feats.vision_features.new_empty((len(objs), *feats.vision_features.shape[1:]))
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, (mem, _, n_ptr) in enumerate(built):
+            groups.setdefault((mem.shape[0], n_ptr), []).append(i)
+        for (_, n_ptr), idx in groups.items():
+            mem = torch.stack([built[i][0] for i in idx]).to(feats.vision_features.dtype)
+            pos = torch.stack([built[i][1] for i in idx]).to(feats.vision_features.dtype)
+            bg = len(idx)
+            out[idx] = self.model.condition_on_memory(
+                feats.vision_features.expand(bg, -1, -1, -1), feats.vision_pos.expand(bg, -1, -1, -1),
+                mem, pos, n_ptr,
+            )
+        return out
+
+    def _memory_of(self, state: VideoState, obj: ObjectState, f: int, reverse: bool):
+        """One object's memory tokens (M, Cm), their encodings (M, Cm) and pointer-token count."""
+        model = self.model
+        n_mem = model.num_maskmem
+        tpos_enc = model.maskmem_tpos_enc  # (n_mem, 1, 1, Cm)
+        selected, unselected = mb.select_cond_frames(f, obj.cond, self.max_cond_frames_in_attn)
+        spare = {t: obj.cond[t] for t in unselected}
+        pos_flat = state.maskmem_pos[0].flatten(1).t()  # (Cm, h, w) -> (hw, Cm)
+        tokens, encs = [], []
+
+        def add(out: FrameOutput | None, t_pos: int) -> None:
+            if out is None or out.maskmem_features is None:
+                return
+            tokens.append(out.maskmem_features.to(state.device)[0].flatten(1).t())  # (hw, Cm)
+            encs.append(pos_flat + tpos_enc[n_mem - t_pos - 1].reshape(1, -1))
+
+        for t in selected:
+            add(obj.cond[t], 0)
+        for t_pos, prev in mb.recent_frames(f, n_mem, reverse, self.memory_temporal_stride):
+            add(obj.non_cond.get(prev, spare.get(prev)), t_pos)
+        max_ptrs = model.max_obj_ptrs(state.num_frames)
+        cond_ptrs, recent = mb.pointer_frames(f, selected, state.num_frames, max_ptrs, reverse,
+                                              signed=model.config.is_v21)
+        ptrs = [(p, obj.cond[t].obj_ptr) for t, p in cond_ptrs]
+        for t, p in recent:
+            out = obj.non_cond.get(t, spare.get(t))
+            if out is not None:
+                ptrs.append((p, out.obj_ptr))
+        n_ptr_tokens = 0
+        if ptrs:
+            c, cm = model.config.d_model, model.config.mem_dim
+            rel = torch.tensor([p for p, _ in ptrs], device=state.device)
+            vecs = torch.cat([v.to(state.device) for _, v in ptrs])  # (Np, C)
+            tpos = model.obj_ptr_tpos(rel, state.num_frames)  # (Np, Cm)
+            split = c // cm
+            tokens.append(vecs.reshape(-1, split, cm).flatten(0, 1))  # pointer-major (Np*split, Cm)
+            encs.append(tpos.repeat_interleave(split, dim=0))
+            n_ptr_tokens = len(ptrs) * split
+        memory = torch.cat([t.float() for t in tokens])
+        return memory, torch.cat(encs), n_ptr_tokens
+
+    def _evict(self, obj: ObjectState, f: int, reverse: bool) -> None:
+        """Forget tracked memories no later request can use (bounded memory on long stacks)."""
+        w_mem = (self.model.num_maskmem - 1) * self.memory_temporal_stride
+        w_ptr = self.model.config.max_obj_ptrs_in_encoder - 1
+        lo_m, hi_m, near_m = mb.frames_to_keep(f, reverse, obj.cond, w_mem)
+        lo_p, hi_p, near_p = mb.frames_to_keep(f, reverse, obj.cond, w_ptr)
+        for t in list(obj.non_cond):
+            if not (lo_p <= t <= hi_p or t in near_p):
+                del obj.non_cond[t]
+            elif not (lo_m <= t <= hi_m or t in near_m):
+                out = obj.non_cond[t]
+                out.maskmem_features = None
+                out.pred_masks = None
+
+    # --- outputs -----------------------------------------------------------------------------
+
+    def _frame_masks(self, state: VideoState, f: int) -> torch.Tensor:
+        """Current masks of every object on frame f, at the frame's size (N, 1, H, W)."""
+        l = self.image_size // 4
+        rows = []
+        for o in state.objects.values():
+            out = o.output(f)
+            if out is not None and out.pred_masks is not None:
+                rows.append(out.pred_masks.to(state.device))
+            else:
+                rows.append(torch.full((1, 1, l, l), NO_OBJ_SCORE, device=state.device))
+        if not rows:
+            return torch.zeros((0, 1, state.video_height, state.video_width), device=state.device)
+        return self._to_video_res(state, torch.cat(rows))
+
+    def _to_video_res(self, state: VideoState, low_res: torch.Tensor) -> torch.Tensor:
+        out = F.interpolate(low_res.float(), size=(state.video_height, state.video_width),
+                            mode="bilinear", align_corners=False)
+        return non_overlapping(out) if self.non_overlap_masks else out
