@@ -1,0 +1,318 @@
+"""High-level tracking: prompts in, a labels stack out.
+
+``track`` takes a stack and prompts and returns a (T, Y, X) labels array of object ids;
+``track_iter`` yields the labels frame by frame (for GUIs and progress bars) and
+``track_4d`` handles 3D+t stacks. Overlaps go to the object with the highest logit, nothing
+is written where the object-score head says the object is absent, and masks can be cleaned
+(small holes filled, small fragments removed) with scikit-image on the CPU.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam2_core.masks import fill_small_holes, remove_small_fragments
+
+DIRECTIONS = ("forward", "backward", "both")
+
+
+@dataclass
+class Prompt:
+    """A prompt for one object on one frame: clicks, a box and/or a mask.
+
+    Attributes:
+        frame: frame (or slice) index.
+        object_id: positive integer id; it becomes the label value.
+        points: (N, 2) (x, y) pixels; labels: (N,) 1 positive / 0 negative.
+        box: (x0, y0, x1, y1) pixels.
+        mask: (H, W) bool mask.
+        z: slice index for 3D+t stacks (``track_4d``); ``frame`` is then the time point.
+    """
+
+    frame: int
+    object_id: int
+    points: Any = None
+    labels: Any = None
+    box: Any = None
+    mask: Any = None
+    z: int | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.object_id) < 1:
+            raise ValueError(f"object ids must be positive integers, got {self.object_id}")
+        if self.points is None and self.box is None and self.mask is None:
+            raise ValueError(f"prompt for object {self.object_id} on frame {self.frame} has no points, box or mask")
+        if self.points is not None:
+            self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 2)
+            self.labels = np.ones(len(self.points), np.int64) if self.labels is None else np.asarray(self.labels).reshape(-1)
+
+
+def as_prompts(prompts: Iterable[Any]) -> list[Prompt]:
+    """Accept Prompt objects or dicts with the same keys (``object_id`` may be ``obj_id``)."""
+    out = []
+    for p in prompts:
+        if isinstance(p, Prompt):
+            out.append(p)
+        elif isinstance(p, dict):
+            d = dict(p)
+            if "obj_id" in d:
+                d["object_id"] = d.pop("obj_id")
+            out.append(Prompt(**d))
+        else:
+            raise TypeError(f"a prompt must be a Prompt or a dict, got {type(p).__name__}")
+    if not out:
+        raise ValueError("no prompts given: add at least one point, box or mask")
+    return out
+
+
+def labels_dtype(max_id: int) -> np.dtype:
+    """uint16 for ids up to 65535, uint32 beyond."""
+    return np.dtype(np.uint16 if max_id <= np.iinfo(np.uint16).max else np.uint32)
+
+
+def apply_prompts(predictor, state, prompts: list[Prompt]) -> None:
+    """Feed prompts to a video predictor state (clicks and boxes on one frame are combined)."""
+    grouped: dict[tuple[int, int], list[Prompt]] = defaultdict(list)
+    for p in prompts:
+        grouped[(int(p.frame), int(p.object_id))].append(p)
+    for (frame, obj), group in sorted(grouped.items()):
+        masks = [p.mask for p in group if p.mask is not None]
+        if masks:
+            predictor.add_new_mask(state, frame, obj, np.any(np.stack([np.asarray(m, bool) for m in masks]), axis=0))
+            continue
+        boxes = [p.box for p in group if p.box is not None]
+        pts = [p.points for p in group if p.points is not None]
+        labs = [p.labels for p in group if p.points is not None]
+        predictor.add_new_points_or_box(
+            state, frame, obj,
+            points=np.concatenate(pts) if pts else None,
+            labels=np.concatenate(labs) if labs else None,
+            box=boxes[-1] if boxes else None,
+        )
+
+
+def logits_to_labels(
+    low_res: torch.Tensor,
+    obj_ids: list[int],
+    hw: tuple[int, int],
+    dtype: np.dtype,
+    *,
+    chunk: int = 16,
+) -> np.ndarray:
+    """(N, 1, L, L) low-res logits -> (H, W) labels: each pixel to the highest positive logit."""
+    h, w = hw
+    best = torch.full((h, w), 0.0, device=low_res.device)
+    ids = torch.zeros((h, w), dtype=torch.int64, device=low_res.device)
+    id_t = torch.as_tensor(obj_ids, device=low_res.device)
+    for s in range(0, low_res.shape[0], chunk):
+        up = F.interpolate(low_res[s : s + chunk].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        m, which = up.max(0)
+        better = m > best
+        best = torch.where(better, m, best)
+        ids = torch.where(better, id_t[s : s + chunk][which], ids)
+    return ids.cpu().numpy().astype(dtype)
+
+
+def clean_labels(frame: np.ndarray, fill_holes: int, min_size: int) -> np.ndarray:
+    """Per object: fill holes up to ``fill_holes`` px and drop fragments under ``min_size`` px."""
+    if fill_holes <= 0 and min_size <= 0:
+        return frame
+    from scipy import ndimage
+
+    out = frame.copy()
+    for obj_id, sl in enumerate(ndimage.find_objects(frame), start=1):
+        if sl is None:
+            continue
+        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
+        sub = frame[sl]
+        m = sub == obj_id
+        m2 = remove_small_fragments(m, min_size)
+        m2 = fill_small_holes(m2, fill_holes)
+        view = out[sl]
+        view[m & ~m2] = 0
+        view[m2 & (view == 0)] = obj_id
+    return out
+
+
+def track_iter(
+    predictor,
+    state,
+    prompts: Iterable[Any],
+    *,
+    direction: str = "forward",
+    max_frames: int | None = None,
+    fill_holes: int = 0,
+    min_size: int = 0,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Apply prompts and yield (frame_idx, (H, W) labels) as tracking goes.
+
+    Forward runs from the earliest prompted frame to the end, backward from the latest one
+    to the start, both = forward then backward from the earliest prompted frame. A frame
+    already yielded is not yielded again.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    prompts = as_prompts(prompts)
+    apply_prompts(predictor, state, prompts)
+    frames = [int(p.frame) for p in prompts]
+    dtype = labels_dtype(max(int(p.object_id) for p in prompts))
+    hw = (state.video_height, state.video_width)
+    passes = {"forward": [(min(frames), False)], "backward": [(max(frames), True)],
+              "both": [(min(frames), False), (min(frames), True)]}[direction]
+    seen: set[int] = set()
+    for start, reverse in passes:
+        for f, ids, low in predictor.propagate_low_res(state, start, max_frames, reverse):
+            if f in seen:
+                continue
+            seen.add(f)
+            yield f, clean_labels(logits_to_labels(low, ids, hw, dtype), fill_holes, min_size)
+
+
+def track(
+    frames: Any,
+    prompts: Iterable[Any],
+    *,
+    model: Any = "default",
+    direction: str = "forward",
+    max_frames: int | None = None,
+    fill_holes: int = 0,
+    min_size: int = 0,
+    device: str | None = None,
+    contrast_limits: Any = None,
+    channels: Any = None,
+    channel_axis: int | None = None,
+    embedding_cache: Any = None,
+    out: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Track prompted objects through a stack; returns (T, Y, X) labels of object ids.
+
+    Args:
+        frames: (T, Y, X) / (T, Y, X, C) array-like or a path (see ``FrameSource``).
+        prompts: :class:`Prompt` objects or dicts (frame, object_id, points, labels, box, mask).
+        model: a model name, checkpoint path, ``SAM2Model`` or ``SAM2VideoPredictor``.
+        direction: "forward", "backward" or "both".
+        max_frames: track at most this many frames after the start frame.
+        fill_holes / min_size: per-object hole filling and fragment removal, in pixels.
+        out: an array-like (T, Y, X) to write into (e.g. a zarr array for huge stacks);
+            default a new uint16 (uint32 past 65535 ids) numpy array. Untracked frames stay 0.
+        progress: called as ``progress(done, total)`` after each frame.
+    """
+    from sam2_core.predictor.video import SAM2VideoPredictor
+
+    predictor = _as_predictor(model, device)
+    state = predictor.init_state(frames, contrast_limits=contrast_limits, channels=channels,
+                                 channel_axis=channel_axis, embedding_cache=embedding_cache)
+    prompts = as_prompts(prompts)
+    if out is None:
+        dtype = labels_dtype(max(int(p.object_id) for p in prompts))
+        out = np.zeros((state.num_frames, state.video_height, state.video_width), dtype)
+    total = state.num_frames if max_frames is None else min(state.num_frames, max_frames + 1)
+    try:
+        for done, (f, lab) in enumerate(track_iter(predictor, state, prompts, direction=direction,
+                                                   max_frames=max_frames, fill_holes=fill_holes,
+                                                   min_size=min_size), start=1):
+            out[f] = lab
+            if progress is not None:
+                progress(done, total)
+    finally:
+        if isinstance(predictor, SAM2VideoPredictor):
+            predictor.close_state(state)
+    return out
+
+
+def _as_predictor(model: Any, device: str | None):
+    import os
+
+    from sam2_core.build import build_sam2
+    from sam2_core.modeling.sam2 import SAM2Model
+    from sam2_core.predictor.video import SAM2VideoPredictor
+
+    if isinstance(model, SAM2VideoPredictor):
+        return model
+    if isinstance(model, SAM2Model):
+        return SAM2VideoPredictor(model)
+    if os.path.isfile(str(model)):
+        return SAM2VideoPredictor(build_sam2(checkpoint=model, device=device))
+    return SAM2VideoPredictor(build_sam2(str(model), device=device))
+
+
+def track_4d(
+    stack: Any,
+    prompts: Iterable[Any],
+    *,
+    model: Any = "default",
+    fill_holes: int = 0,
+    min_size: int = 0,
+    device: str | None = None,
+    contrast_limits: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Track objects in a 3D+t stack (T, Z, Y, X[, C]); returns (T, Z, Y, X) labels.
+
+    Strategy: all prompts must be in one time point t0 (``Prompt.frame`` = t0, ``Prompt.z`` =
+    slice). (1) The volume at t0 is tracked through z in both directions from the prompted
+    slices. (2) Each z slice is then tracked through time in both directions from t0, with the
+    t0 masks as mask prompts. Every (t, z) plane is encoded once per step it takes part in.
+    """
+    prompts = as_prompts(prompts)
+    times = {int(p.frame) for p in prompts}
+    if len(times) != 1 or any(p.z is None for p in prompts):
+        raise ValueError("track_4d needs prompts in a single time point, each with a z index")
+    t0 = times.pop()
+    predictor = _as_predictor(model, device)
+    shape = stack.shape
+    if len(shape) not in (4, 5):
+        raise ValueError(f"expected a (T, Z, Y, X[, C]) stack, got shape {shape}")
+    n_t, n_z = shape[0], shape[1]
+    dtype = labels_dtype(max(int(p.object_id) for p in prompts))
+    out = np.zeros((n_t, n_z, shape[2], shape[3]), dtype)
+    if contrast_limits is None and not (np.dtype(stack.dtype) == np.uint8 and len(shape) == 5 and shape[-1] == 3):
+        contrast_limits = _limits_4d(stack)  # one normalisation for every plane
+    z_prompts = [Prompt(int(p.z), p.object_id, p.points, p.labels, p.box, p.mask) for p in prompts]
+    out[t0] = track(stack[t0], z_prompts, model=predictor, direction="both",
+                    fill_holes=fill_holes, min_size=min_size, contrast_limits=contrast_limits)
+    done = 0
+    for z in range(n_z):
+        ids = [int(i) for i in np.unique(out[t0, z]) if i]
+        if ids and n_t > 1:
+            masks = [Prompt(t0, i, mask=out[t0, z] == i) for i in ids]
+            out[:, z] = track(_ZSlice(stack, z), masks, model=predictor, direction="both",
+                              fill_holes=fill_holes, min_size=min_size, contrast_limits=contrast_limits)
+        done += 1
+        if progress is not None:
+            progress(done, n_z)
+    return out
+
+
+def _limits_4d(stack: Any, n: int = 16) -> Any:
+    """Robust per-channel limits from up to ``n`` (t, z) planes spread over the stack."""
+    from sam2_core.transforms import percentile_limits
+
+    n_t, n_z = stack.shape[:2]
+    picks = np.linspace(0, n_t * n_z - 1, min(n, n_t * n_z)).astype(int)
+    planes = [np.asarray(stack[i // n_z, i % n_z]) for i in picks]
+    data = np.stack(planes)
+    if data.ndim == 3:
+        return percentile_limits(data)
+    return [percentile_limits(data[..., c]) for c in range(data.shape[-1])]
+
+
+class _ZSlice:
+    """Lazy (T, Y, X[, C]) view of one z slice of a (T, Z, Y, X[, C]) stack."""
+
+    def __init__(self, stack: Any, z: int) -> None:
+        self.stack, self.z = stack, z
+        self.shape = (stack.shape[0], *stack.shape[2:])
+        self.dtype = stack.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return np.asarray(self.stack[t, self.z])
