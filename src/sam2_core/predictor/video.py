@@ -39,6 +39,7 @@ class SAM2VideoPredictor:
         clear_non_cond_mem_around_input: forget an object's tracked memories near a new prompt.
         feature_cache_size: frames whose image features stay in memory.
         read_ahead: frames read and preprocessed ahead in a background thread.
+        batch_objects: run all objects of a frame as one batch (False: one by one, like Meta's).
     """
 
     def __init__(
@@ -53,8 +54,10 @@ class SAM2VideoPredictor:
         clear_non_cond_mem_around_input: bool = False,
         feature_cache_size: int = 4,
         read_ahead: int = 2,
+        batch_objects: bool = True,
     ) -> None:
         self.model = model.eval()
+        self.batch_objects = batch_objects
         self.fill_hole_area = fill_hole_area
         self.non_overlap_masks = non_overlap_masks
         self.storage_dtype = storage_dtype
@@ -338,8 +341,11 @@ class SAM2VideoPredictor:
             state.features.prefetch(order[i + 1 : i + 1 + self.read_ahead])
             objs = list(state.objects.values())
             to_track = [o for o in objs if f not in o.cond]
-            if to_track:
+            if to_track and self.batch_objects:
                 self._track_frame(state, to_track, f, reverse)
+            else:
+                for o in to_track:
+                    self._track_frame(state, [o], f, reverse)
             for o in objs:
                 o.tracked[f] = reverse
                 self._evict(o, f, reverse)

@@ -1,0 +1,249 @@
+"""Video predictor mechanics: batching, streaming, bounded memory, cancel, bad input, track()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sam2_core.predictor.state import FrameOutput
+from sam2_core.predictor.video import SAM2VideoPredictor
+from sam2_core.simulate import simulate_timelapse
+from sam2_core.track import Prompt, clean_labels, labels_dtype, track, track_4d
+
+
+@pytest.fixture(scope="module")
+def movie():
+    m, lab = simulate_timelapse(n_frames=8, shape=(64, 80), n_cells=3, seed=5)
+    return m, lab
+
+
+def _centroid(lab, t, k):
+    ys, xs = np.nonzero(lab[t] == k)
+    return [float(xs.mean()), float(ys.mean())]
+
+
+class CountingStack:
+    """A (T, Y, X) array-like that counts frame reads."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.ndim = data, data.shape, data.dtype, data.ndim
+        self.reads = []
+
+    def __getitem__(self, i):
+        self.reads.append(i)
+        return self.data[i]
+
+
+def test_batched_step_equals_one_by_one(tiny256, movie):
+    m, lab = movie
+    pred = SAM2VideoPredictor(tiny256, fill_hole_area=0, storage_dtype=torch.float32)
+    state = pred.init_state(m)
+    for k in (1, 2, 3):
+        pred.add_new_points_or_box(state, 0, k, points=[_centroid(lab, 0, k)], labels=[1])
+    for _ in pred.propagate_in_video(state, max_frame_num_to_track=3):
+        pass
+    objs = list(state.objects.values())
+    saved = {o.obj_id: o.non_cond.pop(4, None) for o in objs}
+    with torch.inference_mode():
+        pred._track_frame(state, objs, 4, False)
+        batched = {o.obj_id: o.non_cond.pop(4) for o in objs}
+        for o in objs:
+            pred._track_frame(state, [o], 4, False)
+            single: FrameOutput = o.non_cond[4]
+            b = batched[o.obj_id]
+            scale = float(single.pred_masks.abs().max())
+            assert float((b.pred_masks - single.pred_masks).abs().max()) <= 1e-3 * max(scale, 1.0)
+            assert torch.allclose(b.obj_ptr, single.obj_ptr, atol=1e-4)
+            assert torch.allclose(b.maskmem_features, single.maskmem_features, atol=1e-3)
+    assert all(v is None for v in saved.values())  # frame 4 had not been tracked yet
+
+
+def test_batched_run_agrees_with_one_by_one(tiny256, movie):
+    m, lab = movie
+    results = []
+    for batch in (True, False):
+        pred = SAM2VideoPredictor(tiny256, batch_objects=batch)
+        state = pred.init_state(m)
+        pred.add_new_points_or_box(state, 0, 1, points=[_centroid(lab, 0, 1)], labels=[1])
+        pred.add_new_points_or_box(state, 2, 2, points=[_centroid(lab, 2, 2)], labels=[1])
+        results.append({f: x > 0 for f, _, x in pred.propagate_in_video(state, max_frame_num_to_track=4)})
+    for f in results[0]:
+        assert (results[0][f] == results[1][f]).float().mean() >= 0.995
+
+
+def test_streaming_reads_only_what_it_needs(tiny256, movie):
+    m, lab = movie
+    big = np.concatenate([m] * 8)  # 64 frames
+    stack = CountingStack(big)
+    pred = SAM2VideoPredictor(tiny256, read_ahead=2)
+    state = pred.init_state(stack)
+    assert len(stack.reads) <= 16  # percentile sample only
+    stack.reads.clear()
+    pred.add_new_points_or_box(state, 10, 1, points=[_centroid(lab, 2, 1)], labels=[1])
+    out = [f for f, _, _ in pred.propagate_in_video(state, max_frame_num_to_track=3)]
+    assert out == [10, 11, 12, 13]
+    assert set(stack.reads) <= set(range(10, 16))  # the tracked frames plus read-ahead
+    assert state.features.encoded <= 4 + 2
+
+
+def test_memory_does_not_grow_with_frames(tiny256, movie):
+    m, lab = movie
+    long = np.concatenate([m] * 6)  # 48 frames
+    pred = SAM2VideoPredictor(tiny256, feature_cache_size=2)
+    state = pred.init_state(long)
+    pred.add_new_points_or_box(state, 0, 1, points=[_centroid(lab, 0, 1)], labels=[1])
+    sizes = {}
+    for f, _, _ in pred.propagate_in_video(state):
+        if f in (35, 47):
+            o = state.objects[1]
+            sizes[f] = (len(o.non_cond), sum(v.maskmem_features is not None for v in o.non_cond.values()))
+    assert sizes[35] == sizes[47]  # saturated: constant from here on
+    n_entries, n_spatial = sizes[47]
+    assert n_entries <= 16 + 15 and n_spatial <= 7 + 6  # the windows behind us and after frame 0
+    assert len(state.features._cache) <= 2
+
+
+def test_stopping_the_generator_keeps_state_valid(tiny256, movie):
+    m, lab = movie
+    pred = SAM2VideoPredictor(tiny256)
+    state = pred.init_state(m)
+    pred.add_new_points_or_box(state, 0, 1, points=[_centroid(lab, 0, 1)], labels=[1])
+    gen = pred.propagate_in_video(state)
+    assert [next(gen)[0], next(gen)[0]] == [0, 1]
+    gen.close()  # the caller's cancel
+    assert set(state.objects[1].tracked) == {0, 1}
+    rest = [f for f, _, _ in pred.propagate_in_video(state, start_frame_idx=2)]
+    assert rest == list(range(2, 8))
+
+
+def test_corrections_become_conditioning_frames(tiny256, movie):
+    m, lab = movie
+    pred = SAM2VideoPredictor(tiny256)
+    state = pred.init_state(m)
+    pred.add_new_points_or_box(state, 0, 1, points=[_centroid(lab, 0, 1)], labels=[1])
+    list(pred.propagate_in_video(state))
+    _, ids, masks = pred.add_new_points_or_box(state, 5, 1, points=[_centroid(lab, 5, 1)], labels=[1],
+                                               clear_old_points=False)
+    assert ids == [1] and masks.shape == (1, 1, 64, 80)
+    frames = [f for f, _, _ in pred.propagate_in_video(state, start_frame_idx=5)]
+    assert frames == [5, 6, 7]
+    o = state.objects[1]
+    assert set(o.cond) == {0, 5} and set(o.points) == {0, 5}
+    list(pred.propagate_in_video(state))  # a full re-run keeps the correction
+    assert 5 in o.cond and 5 not in o.non_cond
+
+
+def test_mask_prompt_remove_and_clear(tiny256, movie):
+    m, lab = movie
+    pred = SAM2VideoPredictor(tiny256)
+    state = pred.init_state(m)
+    f, ids, masks = pred.add_new_mask(state, 1, 7, lab[1] == 2)
+    assert (f, ids) == (1, [7])
+    agree = ((masks[0, 0] > 0).numpy() == (lab[1] == 2)).mean()
+    assert agree > 0.97  # the mask is the output on its own frame
+    pred.add_new_points_or_box(state, 0, 3, points=[_centroid(lab, 0, 1)], labels=[1])
+    list(pred.propagate_in_video(state))
+    pred.clear_all_prompts_in_frame(state, 0, 3)
+    assert 0 not in state.objects[3].cond and 0 in state.objects[3].non_cond
+    ids, updated = pred.remove_object(state, 7)
+    assert ids == [3] and [f for f, _ in updated] == [1]
+    with pytest.raises(KeyError, match="unknown object id 99"):
+        pred.remove_object(state, 99, strict=True)
+    pred.reset_state(state)
+    assert state.obj_ids == []
+
+
+def test_bad_input_is_refused_clearly(tiny256, movie, tmp_path):
+    m, lab = movie
+    pred = SAM2VideoPredictor(tiny256)
+    with pytest.raises(ValueError, match=r"\(T, Y, X\)"):
+        pred.init_state(m[0, 0])
+    with pytest.raises(ValueError, match="empty"):
+        pred.init_state(np.zeros((0, 10, 10)))
+    with pytest.raises(FileNotFoundError, match="nope.tif"):
+        pred.init_state(tmp_path / "nope.tif")
+    state = pred.init_state(m)
+    with pytest.raises(IndexError, match="outside the stack"):
+        pred.add_new_points_or_box(state, 8, 1, points=[[5, 5]], labels=[1])
+    with pytest.raises(ValueError, match="outside the 80x64"):
+        pred.add_new_points_or_box(state, 0, 1, points=[[200, 5]], labels=[1])
+    with pytest.raises(ValueError, match="labels must be 1"):
+        pred.add_new_points_or_box(state, 0, 1, points=[[5, 5]], labels=[7])
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):
+        pred.add_new_points_or_box(state, 0, 1, points=[5, 5, 5], labels=[1])
+    with pytest.raises(KeyError, match="unknown object id"):
+        pred.clear_all_prompts_in_frame(state, 0, 42)
+    with pytest.raises(RuntimeError, match="no objects"):
+        next(pred.propagate_in_video(state))
+    nan = m.astype(np.float32)
+    nan[3, 5, 5] = np.nan
+    s2 = pred.init_state(nan)
+    with pytest.raises(ValueError, match="frame 3 contains NaN"):
+        s2.frames.unit_rgb(3)
+    # the state stays usable after every error
+    _, ids, _ = pred.add_new_points_or_box(state, 0, 1, points=[_centroid(lab, 0, 1)], labels=[1])
+    assert ids == [1]
+    flat = pred.init_state(np.full((3, 32, 32), 7, np.uint16))  # constant frames are fine
+    pred.add_new_points_or_box(flat, 0, 1, points=[[10, 10]], labels=[1])
+    assert [f for f, _, _ in pred.propagate_in_video(flat)] == [0, 1, 2]
+
+
+def test_disk_embedding_cache(tiny256, movie, tmp_path):
+    m, lab = movie
+    results = []
+    for run in range(2):
+        pred = SAM2VideoPredictor(tiny256)
+        state = pred.init_state(m, embedding_cache=tmp_path / "emb")
+        pred.add_new_points_or_box(state, 0, 1, points=[_centroid(lab, 0, 1)], labels=[1])
+        results.append([x for _, _, x in pred.propagate_in_video(state, max_frame_num_to_track=3)])
+        if run == 1:
+            assert state.features.encoded == 0  # every frame came from the disk cache
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+def test_track_returns_labels(tiny256, movie):
+    m, lab = movie
+    prompts = [Prompt(0, k, points=[_centroid(lab, 0, k)]) for k in (1, 2)]
+    prompts.append({"frame": 4, "object_id": 3, "points": [_centroid(lab, 4, 3)], "labels": [1]})
+    calls = []
+    out = track(m, prompts, model=tiny256, direction="both", progress=lambda d, t: calls.append((d, t)))
+    assert out.shape == m.shape and out.dtype == np.uint16
+    assert set(np.unique(out)) <= {0, 1, 2, 3}
+    assert {1, 2} <= set(np.unique(out[0]))
+    assert len(calls) == 8 and calls[-1][0] == 8
+
+
+def test_track_absent_objects_write_nothing(seeded_checkpoint, movie):
+    from sam2_core import build_sam2
+
+    m, lab = movie
+    absent = build_sam2(checkpoint=seeded_checkpoint("sam2.1_hiera_tiny", 0, -20.0), image_size=256, device="cpu")
+    out = track(m, [Prompt(0, 1, points=[_centroid(lab, 0, 1)])], model=absent)
+    assert out[1:].max() == 0  # the object-score head says absent on tracked frames
+
+
+def test_track_4d(tiny256, movie):
+    m, lab = movie
+    vol = np.stack([m[:3]] * 3, axis=1)  # (T=3, Z=3, Y, X)
+    out = track_4d(vol, [Prompt(1, 5, points=[_centroid(lab, 0, 1)], z=1)], model=tiny256)
+    assert out.shape == (3, 3, 64, 80)
+    assert (out[1, 1] == 5).any()
+    with pytest.raises(ValueError, match="single time point"):
+        track_4d(vol, [Prompt(0, 1, points=[[5, 5]], z=0), Prompt(1, 2, points=[[5, 5]], z=0)], model=tiny256)
+
+
+def test_labels_helpers():
+    assert labels_dtype(65535) == np.uint16 and labels_dtype(65536) == np.uint32
+    frame = np.zeros((20, 20), np.uint16)
+    frame[2:10, 2:10] = 1
+    frame[5, 5] = 0  # a hole
+    frame[15, 15] = 1  # a fragment
+    frame[12:18, 2:8] = 2
+    cleaned = clean_labels(frame, fill_holes=4, min_size=3)
+    assert cleaned[5, 5] == 1 and cleaned[15, 15] == 0 and (cleaned == 2).sum() == 36
+    with pytest.raises(ValueError, match="positive"):
+        Prompt(0, 0, points=[[1, 1]])
+    with pytest.raises(ValueError, match="no points, box or mask"):
+        Prompt(0, 1)
