@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -15,6 +17,7 @@ sys.path.insert(0, str(TESTS / "reference"))
 
 # Isolate every run from the user's napari settings and caches (before napari is imported).
 _tmp_home = tempfile.mkdtemp(prefix="napari-sam2-tests-")
+atexit.register(shutil.rmtree, _tmp_home, ignore_errors=True)
 for var, sub in (("XDG_CONFIG_HOME", "config"), ("XDG_CACHE_HOME", "cache"), ("NAPARI_SAM2_HOME", "sam2")):
     os.environ[var] = os.path.join(_tmp_home, sub)
 os.environ.setdefault("NAPARI_SAM2_OFFLINE", "1")  # tests never reach the internet

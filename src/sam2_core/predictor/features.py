@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sam2_core import transforms as T
 from sam2_core.modeling.sam2 import ImageFeatures, SAM2Model
 
 _logger = logging.getLogger(__name__)
@@ -70,6 +71,11 @@ class FeatureCache:
     def _input(self, index: int) -> torch.Tensor:
         return self.frames.model_input(index, self.model.image_size)
 
+    def _pixels(self, index: int) -> np.ndarray:
+        """Read and normalise a frame (numpy only: runs in the read-ahead thread without
+        competing with torch's compute threads)."""
+        return self.frames.unit_rgb(index)
+
     def _disk_path(self, index: int) -> Path:
         raw = np.ascontiguousarray(self.frames.raw(index))
         key = hashlib.sha256(raw.tobytes() + repr((raw.shape, str(raw.dtype))).encode()).hexdigest()[:24]
@@ -81,7 +87,7 @@ class FeatureCache:
             return
         for i in list(indices)[: self.read_ahead]:
             if 0 <= i < self.frames.num_frames and i not in self._cache and i not in self._pending:
-                self._pending[i] = self._pool.submit(self._input, i)
+                self._pending[i] = self._pool.submit(self._pixels, i)
 
     def get(self, index: int) -> ImageFeatures:
         """Features of frame ``index`` (batch 1) on the model's device."""
@@ -91,7 +97,10 @@ class FeatureCache:
         feats = self._load_disk(index) if self.disk_cache is not None else None
         if feats is None:
             fut = self._pending.pop(index, None)
-            x = fut.result() if fut is not None else self._input(index)
+            if fut is not None:
+                x = T.to_model_input(fut.result(), self.model.image_size)
+            else:
+                x = self._input(index)
             with torch.inference_mode():
                 feats = self.model.encode_image(x.to(self.model.device))
             self.encoded += 1
