@@ -309,13 +309,16 @@ class SAM2VideoPredictor:
         start_frame_idx: int | None = None,
         max_frame_num_to_track: int | None = None,
         reverse: bool = False,
+        obj_ids: Sequence[int] | None = None,
     ) -> Iterator[tuple[int, list[int], torch.Tensor]]:
         """Track all objects frame by frame; yields (frame_idx, obj_ids, mask logits (N, 1, H, W)).
 
         Stopping the generator at any point leaves the state valid (each frame is committed
-        before it is yielded).
+        before it is yielded). ``obj_ids`` restricts tracking to some objects (ours; the others
+        keep their results).
         """
-        for f, ids, low_res in self.propagate_low_res(state, start_frame_idx, max_frame_num_to_track, reverse):
+        for f, ids, low_res in self.propagate_low_res(state, start_frame_idx, max_frame_num_to_track,
+                                                      reverse, obj_ids):
             yield f, ids, self._to_video_res(state, low_res)
 
     def frame_order(self, state: VideoState, start_frame_idx: int | None, max_frame_num_to_track: int | None,
@@ -333,13 +336,21 @@ class SAM2VideoPredictor:
 
     @torch.inference_mode()
     def propagate_low_res(self, state: VideoState, start_frame_idx: int | None = None,
-                          max_frame_num_to_track: int | None = None, reverse: bool = False):
+                          max_frame_num_to_track: int | None = None, reverse: bool = False,
+                          obj_ids: Sequence[int] | None = None):
         """Like :meth:`propagate_in_video`, yielding low-res logits (N, 1, S/4, S/4) instead."""
         self.propagate_in_video_preflight(state)
+        if obj_ids is not None:
+            unknown = [i for i in obj_ids if int(i) not in state.objects]
+            if unknown:
+                raise KeyError(f"unknown object ids {unknown}; known ids: {state.obj_ids}")
+        chosen = list(state.objects.values()) if obj_ids is None else [state.objects[int(i)] for i in obj_ids]
+        if start_frame_idx is None:
+            start_frame_idx = min(t for o in chosen for t in o.cond)
         order = self.frame_order(state, start_frame_idx, max_frame_num_to_track, reverse)
         for i, f in enumerate(order):
             state.features.prefetch(order[i + 1 : i + 1 + self.read_ahead])
-            objs = list(state.objects.values())
+            objs = chosen
             to_track = [o for o in objs if f not in o.cond]
             if to_track and self.batch_objects:
                 self._track_frame(state, to_track, f, reverse)
@@ -444,8 +455,8 @@ class SAM2VideoPredictor:
 
     # --- outputs -----------------------------------------------------------------------------
 
-    def _frame_masks(self, state: VideoState, f: int) -> torch.Tensor:
-        """Current masks of every object on frame f, at the frame's size (N, 1, H, W)."""
+    def current_low_res(self, state: VideoState, f: int) -> torch.Tensor:
+        """Every object's current low-res logits on frame f (N, 1, S/4, S/4); -1024 where none."""
         l = self.image_size // 4
         rows = []
         for o in state.objects.values():
@@ -455,8 +466,12 @@ class SAM2VideoPredictor:
             else:
                 rows.append(torch.full((1, 1, l, l), NO_OBJ_SCORE, device=state.device))
         if not rows:
-            return torch.zeros((0, 1, state.video_height, state.video_width), device=state.device)
-        return self._to_video_res(state, torch.cat(rows))
+            return torch.zeros((0, 1, l, l), device=state.device)
+        return torch.cat(rows)
+
+    def _frame_masks(self, state: VideoState, f: int) -> torch.Tensor:
+        """Current masks of every object on frame f, at the frame's size (N, 1, H, W)."""
+        return self._to_video_res(state, self.current_low_res(state, f))
 
     def _to_video_res(self, state: VideoState, low_res: torch.Tensor) -> torch.Tensor:
         out = F.interpolate(low_res.float(), size=(state.video_height, state.video_width),

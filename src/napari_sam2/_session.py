@@ -1,0 +1,210 @@
+"""SegmentationSession: the model, the tracking state and the prompts of one image (no Qt).
+
+The widget and the scripting API both drive this object. It never touches a layer: it takes
+arrays and prompt dicts and returns masks and label frames. Calls are serialised by a lock,
+so a background worker and the GUI thread can share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_sam2._layers import StackView
+
+_logger = logging.getLogger(__name__)
+
+
+class ModelUnavailable(RuntimeError):
+    """The chosen model cannot be loaded; the message says what to do."""
+
+
+def load_model(name: str = "default", checkpoint: str | None = None, device: str | None = None):
+    """Build a model for the plugin, turning every failure into one actionable message."""
+    from sam2_core import build_sam2
+    from sam2_core.build import bundled_checkpoint
+
+    try:
+        if checkpoint:
+            return build_sam2(checkpoint=checkpoint, device=device)
+        if name == "default" and bundled_checkpoint() is None:
+            _logger.warning("no bundled model in this installation: using random weights (results are not meaningful)")
+            import torch
+
+            torch.manual_seed(0)
+            return build_sam2("default", pretrained=False, image_size=256, device=device)
+        return build_sam2(name, device=device)
+    except Exception as e:  # weights missing, offline, bad file, unknown device ...
+        raise ModelUnavailable(f"model {checkpoint or name!r} is not available: {e}") from e
+
+
+class SegmentationSession:
+    """Interactive segmentation and tracking on one stack.
+
+    Args:
+        model: a ``SAM2Model`` (or anything ``load_model`` returns).
+        fill_hole_area: passed to the video predictor.
+    """
+
+    def __init__(self, model: Any, *, fill_hole_area: int = 8) -> None:
+        from sam2_core.predictor.video import SAM2VideoPredictor
+
+        self.model = model
+        self.predictor = SAM2VideoPredictor(model, fill_hole_area=fill_hole_area)
+        self.lock = threading.RLock()
+        self.state = None
+        self.view: StackView | None = None
+        self._data_id: tuple | None = None
+        self._applied: dict[tuple[int, int], tuple] = {}  # (frame, obj) -> prompt fingerprint
+
+    # --- data --------------------------------------------------------------------------------
+
+    def set_stack(self, data: Any, view: StackView, contrast_limits: Any = None) -> bool:
+        """Use layer ``data`` seen through ``view``; returns True if tracking state was reset."""
+        key = (id(data), view, None if contrast_limits is None else tuple(np.ravel(contrast_limits)))
+        with self.lock:
+            if key == self._data_id and self.state is not None:
+                return False
+            if self.state is not None:
+                self.predictor.close_state(self.state)
+            self.view = view
+            self.state = self.predictor.init_state(view.stack_of(data), contrast_limits=contrast_limits)
+            self._data_id = key
+            self._applied.clear()
+            return True
+
+    def _require(self) -> None:
+        if self.state is None:
+            raise RuntimeError("no image chosen: select an Image layer first")
+
+    def prefetch(self, frame: int) -> None:
+        """Compute (and cache) the embedding of a frame, e.g. as soon as it is shown."""
+        with self.lock:
+            self._require()
+            if 0 <= frame < self.state.num_frames:
+                self.state.features.get(frame)
+
+    # --- prompts -----------------------------------------------------------------------------
+
+    def sync_prompts(
+        self,
+        points: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+        boxes: dict[tuple[int, int], np.ndarray] | None = None,
+        masks: dict[tuple[int, int], np.ndarray] | None = None,
+    ) -> list[tuple[int, int]]:
+        """Make the tracker's prompts equal the given ones; returns the (frame, obj) that changed.
+
+        Unchanged prompts are not recomputed; prompts that disappeared are cleared.
+        """
+        boxes, masks = boxes or {}, masks or {}
+        wanted: dict[tuple[int, int], tuple] = {}
+        for key in set(points) | set(boxes) | set(masks):
+            p = points.get(key)
+            b = boxes.get(key)
+            m = masks.get(key)
+            wanted[key] = (
+                None if p is None else (p[0].tobytes(), p[1].tobytes()),
+                None if b is None else b.tobytes(),
+                None if m is None else hash(np.packbits(m).tobytes()),
+            )
+        changed = []
+        with self.lock:
+            self._require()
+            for key in sorted(set(self._applied) - set(wanted)):
+                frame, obj = key
+                if obj in self.state.objects:
+                    self.predictor.clear_all_prompts_in_frame(self.state, frame, obj, need_output=False)
+                del self._applied[key]
+                changed.append(key)
+            for key, fp in sorted(wanted.items()):
+                if self._applied.get(key) == fp:
+                    continue
+                frame, obj = key
+                if masks.get(key) is not None:
+                    self.predictor.add_new_mask(self.state, frame, obj, masks[key])
+                else:
+                    p = points.get(key)
+                    self.predictor.add_new_points_or_box(
+                        self.state, frame, obj,
+                        points=None if p is None else p[0], labels=None if p is None else p[1],
+                        box=boxes.get(key),
+                    )
+                self._applied[key] = fp
+                changed.append(key)
+            for obj in [o for o in self.state.obj_ids if not any(k[1] == o for k in self._applied)]:
+                self.predictor.remove_object(self.state, obj, need_output=False)
+        return changed
+
+    def frame_labels(self, frame: int) -> tuple[np.ndarray, list[int]]:
+        """(H, W) labels of every object's current result on a frame, and the object ids."""
+        from sam2_core.track import labels_dtype, logits_to_labels
+
+        with self.lock:
+            self._require()
+            ids = self.state.obj_ids
+            if not ids:
+                return np.zeros(self.view.frame_shape, np.uint16), []
+            low = self.predictor.current_low_res(self.state, frame)
+            return logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids))), ids
+
+    def remove_object(self, obj_id: int) -> None:
+        with self.lock:
+            if self.state is not None:
+                self.predictor.remove_object(self.state, obj_id, need_output=False)
+            for key in [k for k in self._applied if k[1] == obj_id]:
+                del self._applied[key]
+
+    # --- propagation -------------------------------------------------------------------------
+
+    def propagate(
+        self,
+        direction: str = "forward",
+        start: int | None = None,
+        max_frames: int | None = None,
+        obj_ids: Sequence[int] | None = None,
+    ) -> Iterator[tuple[int, np.ndarray, list[int]]]:
+        """Track and yield (frame, (H, W) labels of the tracked objects, their ids) per frame.
+
+        ``direction`` is forward, backward or both (forward, then backward from ``start``).
+        Closing the generator stops after the current frame; the state stays valid.
+        """
+        from sam2_core.track import labels_dtype, logits_to_labels
+
+        if direction not in ("forward", "backward", "both"):
+            raise ValueError(f"direction must be forward, backward or both, got {direction!r}")
+        with self.lock:
+            self._require()
+            if self.view.axis is None:
+                raise ValueError("this image is 2-D: there is nothing to propagate along (segment it instead)")
+            if not self.state.objects:
+                raise ValueError("no prompts yet: click on an object first")
+        passes = [(False,), (True,)] if direction == "both" else [(direction == "backward",)]
+        seen: set[int] = set()
+        for (reverse,) in passes:
+            with self.lock:
+                gen = self.predictor.propagate_low_res(self.state, start, max_frames, reverse, obj_ids)
+            while True:
+                with self.lock:
+                    try:
+                        f, ids, low = next(gen)
+                    except StopIteration:
+                        break
+                    if f in seen:
+                        continue
+                    seen.add(f)
+                    lab = logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids)))
+                yield f, lab, ids
+
+    def frames_in(self, direction: str, start: int | None, max_frames: int | None) -> int:
+        """How many frames a propagation will yield (for progress bars)."""
+        n = self.state.num_frames
+        if start is None:
+            start = min((t for o in self.state.objects.values() for t in o.prompt_frames()), default=0)
+        k = n if max_frames is None else max_frames
+        fwd = min(start + k, n - 1) - start + 1
+        bwd = start - max(start - k, 0) + 1 if start > 0 else 0
+        return {"forward": fwd, "backward": bwd, "both": fwd + max(bwd - 1, 0)}[direction]
