@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import sys
@@ -50,3 +51,26 @@ def tiny256(seeded_checkpoint):
     from sam2_core import build_sam2
 
     return build_sam2(checkpoint=seeded_checkpoint("sam2.1_hiera_tiny", 0), image_size=256, device="cpu")
+
+
+@contextlib.contextmanager
+def perturbed_weights(model, rel: float = 1e-6, seed: int = 0):
+    """Temporarily multiply every parameter by (1 + rel * N(0, 1)).
+
+    Random weights amplify float rounding by orders of magnitude (a 1e-6 relative change can move
+    decoder logits by 1e-3 of their scale), and Meta's reference itself gives outputs that differ
+    by that much between CPUs. Parity tests therefore measure how far such a perturbation moves
+    *our* output and allow a few times that, on top of their fixed tolerance: a real discrepancy
+    (a wrong eps, activation or scale) is orders of magnitude larger.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    saved = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1 + rel * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for p, s in zip(model.parameters(), saved):
+                p.copy_(s)

@@ -1,4 +1,4 @@
-"""Command-line interface: ``napari-sam2 demo | models``.
+"""Command-line interface: ``napari-sam2 demo | track | segment | embed | models``.
 
 Exit codes: 0 success, 1 failure, 2 usage error. Errors are one line (``--debug`` for a traceback).
 """
@@ -15,6 +15,173 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from napari_sam2._demo import run_demo
 
     run_demo(Path(args.out), model=args.model, device=args.device, frames=args.frames)
+    return 0
+
+
+def _build(model: str, device: str | None):
+    from pathlib import Path as _P
+
+    from napari_sam2._session import load_model
+
+    if _P(model).suffix == ".pt" or _P(model).is_file():
+        if not _P(model).is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {model}")
+        return load_model(checkpoint=model, device=device)
+    return load_model(model, device=device)
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, mininterval=0.5)
+
+
+def _write_labels(out: Path, labels) -> None:
+    from napari_sam2.export import write_labels_tiff
+
+    suffix = out.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        write_labels_tiff(out, labels)
+    elif suffix == ".zarr" or out.name.endswith(".zarr"):
+        import shutil
+        import tempfile
+
+        import zarr
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        try:
+            z = zarr.open(str(tmp / "data.zarr"), mode="w", shape=labels.shape, dtype=labels.dtype,
+                          chunks=(1, *labels.shape[1:]))
+            z[:] = labels
+            if out.exists():
+                shutil.rmtree(out)
+            (tmp / "data.zarr").rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        raise ValueError(f"--out must end in .tif, .tiff or .zarr, got {out}")
+
+
+def _cmd_track(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_sam2.prompts_io import check_prompts, read_prompts
+    from sam2_core.io import FrameSource
+    from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.track import track
+
+    out = Path(args.out)
+    if not out.parent.exists() or not os_access_w(out.parent):
+        raise PermissionError(f"cannot write to {out.parent}: the folder does not exist or is read-only")
+    if out.suffix.lower() not in (".tif", ".tiff", ".zarr"):
+        raise ValueError(f"--out must end in .tif, .tiff or .zarr, got {out}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if not args.auto and not args.prompts:
+        raise ValueError("give --prompts FILE or --auto")
+    source = FrameSource(args.movie, channels=args.channels)
+    prompts = None
+    if not args.auto:
+        prompts = read_prompts(args.prompts)
+        check_prompts(prompts, source.num_frames, source.height, source.width)
+    model = _build(args.model, args.device)
+    predictor = SAM2VideoPredictor(model)
+    bar = _progress_bar(source.num_frames, "tracking")
+    progress = lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n))  # noqa: E731
+    try:
+        if args.auto:
+            from sam2_core.automatic import track_all
+
+            labels = track_all(source, args.seed_frame, model=predictor, direction=args.direction,
+                               max_frames=args.max_frames, fill_holes=args.fill_holes, min_size=args.min_size,
+                               progress=progress)
+        else:
+            labels = track(source, prompts, model=predictor, direction=args.direction, max_frames=args.max_frames,
+                           fill_holes=args.fill_holes, min_size=args.min_size,
+                           embedding_cache=args.embedding_cache, progress=progress)
+    finally:
+        bar.close()
+    _write_labels(out, labels)
+    print(f"{out}: {len(np.unique(labels)) - 1} objects over {labels.shape[0]} frames")
+    return 0
+
+
+def os_access_w(folder: Path) -> bool:
+    import os
+
+    return os.access(folder, os.W_OK)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_sam2.export import write_labels_tiff
+    from napari_sam2.prompts_io import read_prompts
+    from sam2_core.automatic import SAM2AutomaticMaskGenerator, records_to_labels
+    from sam2_core.io.frames import IMAGE_SUFFIXES
+    from sam2_core.predictor.image import SAM2ImagePredictor
+
+    src = Path(args.input)
+    if not src.exists():
+        raise FileNotFoundError(f"no such image or folder: {src}")
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if src.is_dir() else [src]
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {src}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = _build(args.model, args.device)
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    gen = SAM2AutomaticMaskGenerator(model, seeding=args.seeding) if prompts is None else None
+    pred = SAM2ImagePredictor(model)
+    for path in files:
+        image = _read_image(path)
+        if gen is not None:
+            labels = records_to_labels(gen.generate(image), image.shape[:2])
+        else:
+            pred.set_image(image)
+            labels = np.zeros(image.shape[:2], np.uint16)
+            for p in prompts:
+                kw = {"box": p.box} if p.box is not None else {}
+                if p.points is not None:
+                    kw.update(point_coords=p.points, point_labels=p.labels)
+                masks, scores, _ = pred.predict(**kw, multimask_output=p.points is not None and len(p.points) == 1)
+                labels[masks[int(np.argmax(scores))] & (labels == 0)] = p.object_id
+        target = out / f"{path.stem}_labels.tif"
+        write_labels_tiff(target, labels)
+        print(f"{target}: {len(np.unique(labels)) - 1} objects")
+    return 0
+
+
+def _read_image(path: Path):
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    from skimage.io import imread
+
+    return imread(path)
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from sam2_core.io import FrameSource
+    from sam2_core.predictor.features import FeatureCache
+
+    source = FrameSource(args.movie, channels=args.channels)
+    model = _build(args.model, args.device)
+    cache = FeatureCache(source, model, capacity=1, read_ahead=2, disk_cache=args.cache)
+    bar = _progress_bar(source.num_frames, "embedding")
+    try:
+        for i in range(source.num_frames):
+            cache.prefetch(range(i + 1, i + 3))
+            cache.get(i)
+            bar.update(1)
+    finally:
+        bar.close()
+        cache.close()
+    print(f"{args.cache}: embeddings of {source.num_frames} frames ({cache.encoded} computed, "
+          f"{source.num_frames - cache.encoded} already cached)")
     return 0
 
 
@@ -53,6 +220,40 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--frames", type=int, default=8, help="frames of the sample to process")
     d.set_defaults(func=_cmd_demo)
 
+    t = sub.add_parser("track", help="track prompted (or automatically seeded) objects through a movie")
+    t.add_argument("movie", help="TIFF/OME-TIFF, zarr, or a folder of frames; (T, Y, X) or (T, Y, X, C)")
+    t.add_argument("--prompts", help="CSV (frame,object_id,x,y,label / x0,y0,x1,y1) or JSON")
+    t.add_argument("--out", required=True, help="labels output: .tif/.tiff (ImageJ) or .zarr")
+    t.add_argument("--model", default="default", help="model name or checkpoint file (default: %(default)s)")
+    t.add_argument("--direction", choices=["forward", "backward", "both"], default="both")
+    t.add_argument("--max-frames", type=int, default=None, help="track at most N frames from the start frame")
+    t.add_argument("--auto", action="store_true", help="seed every object automatically on --seed-frame")
+    t.add_argument("--seed-frame", type=int, default=0)
+    t.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    t.add_argument("--channels", type=int, nargs="+", default=None, help="up to 3 channel indices")
+    t.add_argument("--fill-holes", type=int, default=0, help="fill holes up to N pixels per object")
+    t.add_argument("--min-size", type=int, default=0, help="drop fragments smaller than N pixels")
+    t.add_argument("--embedding-cache", default=None, help="folder of precomputed embeddings (see embed)")
+    t.set_defaults(func=_cmd_track)
+
+    sg = sub.add_parser("segment", help="segment single images (a file or a folder of images)")
+    sg.add_argument("input", help="an image file or a folder of images")
+    sg.add_argument("--out", required=True, help="output folder for *_labels.tif")
+    sg.add_argument("--prompts", help="CSV/JSON prompts (frame ignored); default: automatic")
+    sg.add_argument("--seeding", choices=["blobs", "grid"], default="blobs", help="automatic seeding mode")
+    sg.add_argument("--model", default="default")
+    sg.add_argument("--device", default=None)
+    sg.set_defaults(func=_cmd_segment)
+
+    e = sub.add_parser("embed", help="precompute the embedding cache of a movie (e.g. on a GPU machine)")
+    e.add_argument("movie")
+    e.add_argument("--cache", required=True, help="cache folder (pass it to track --embedding-cache)")
+    e.add_argument("--model", default="default")
+    e.add_argument("--device", default=None)
+    e.add_argument("--channels", type=int, nargs="+", default=None)
+    e.set_defaults(func=_cmd_embed)
+
     m = sub.add_parser("models", help="list, download or import model weights")
     msub = m.add_subparsers(dest="action", required=True)
     msub.add_parser("list", help="models and where their weights are cached")
@@ -67,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: 0 for --help, 2 for usage errors
+        return int(e.code or 0)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)

@@ -1,0 +1,139 @@
+"""The napari-sam2 command line: track, segment, embed, models, demo; exit codes and errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_sam2.cli import main
+from napari_sam2.prompts_io import PromptFileError, read_prompts
+from sam2_core.simulate import simulate_timelapse
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, small_ckpt_path):
+    d = tmp_path_factory.mktemp("cli")
+    movie, labels = simulate_timelapse(n_frames=5, shape=(64, 80), n_cells=3, seed=4)
+    tifffile.imwrite(d / "movie.tif", movie)
+    rows = ["frame,object_id,x,y,label,x0,y0,x1,y1"]
+    for k in (1, 2):
+        ys, xs = np.nonzero(labels[0] == k)
+        rows.append(f"0,{k},{xs.mean():.1f},{ys.mean():.1f},1,,,,")
+    ys, xs = np.nonzero(labels[2] == 3)
+    rows.append(f"2,3,,,,{xs.min()},{ys.min()},{xs.max()},{ys.max()}")
+    (d / "prompts.csv").write_text("\n".join(rows) + "\n")
+    return d, movie, labels, small_ckpt_path
+
+
+@pytest.fixture(scope="module")
+def small_ckpt_path(tmp_path_factory, seeded_checkpoint):
+    from sam2_core import build_sam2, save_checkpoint
+
+    model = build_sam2(checkpoint=seeded_checkpoint("sam2.1_hiera_tiny", 0), image_size=256, device="cpu")
+    return str(save_checkpoint(model, tmp_path_factory.mktemp("ck") / "tiny256.pt"))
+
+
+def test_help_and_usage_exit_codes(capsys):
+    for cmd in ([], ["track", "--help"], ["segment", "--help"], ["models", "--help"], ["embed", "--help"],
+                ["demo", "--help"]):
+        code = main(cmd or ["--help"])
+        assert code == 0
+    assert main(["track"]) == 2  # missing arguments
+    assert main(["frobnicate"]) == 2
+
+
+def test_track_csv_to_tiff_and_zarr(workdir, capsys):
+    d, movie, _, ckpt = workdir
+    out = d / "labels.tif"
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(out),
+                 "--model", ckpt, "--direction", "both", "--threads", "2"]) == 0
+    lab = tifffile.imread(out)
+    assert lab.shape == movie.shape and lab.dtype == np.uint16
+    assert set(np.unique(lab)) <= {0, 1, 2, 3} and {1, 2} <= set(np.unique(lab[0]))
+    with tifffile.TiffFile(out) as tf:
+        assert tf.is_imagej
+    assert "labels.tif" in capsys.readouterr().out
+    zout = d / "labels.zarr"
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(zout),
+                 "--model", ckpt, "--max-frames", "2", "--direction", "forward"]) == 0
+    import zarr
+
+    z = zarr.open(str(zout), mode="r")
+    assert z.shape == movie.shape and z[4].max() == 0  # only frames 0..2 tracked
+
+
+def test_json_prompts(workdir, tmp_path):
+    d, movie, labels, ckpt = workdir
+    ys, xs = np.nonzero(labels[1] == 2)
+    (tmp_path / "p.json").write_text(json.dumps([{"frame": 1, "object_id": 7, "points": [[xs.mean(), ys.mean()]],
+                                                  "labels": [1]}]))
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(tmp_path / "p.json"), "--out",
+                 str(tmp_path / "o.tif"), "--model", ckpt]) == 0
+    assert 7 in tifffile.imread(tmp_path / "o.tif")
+
+
+def test_bad_input_one_line_errors(workdir, tmp_path, capsys):
+    d, _, _, ckpt = workdir
+    base = ["--model", ckpt, "--out", str(tmp_path / "x.tif")]
+    cases = [
+        (["track", str(tmp_path / "missing.tif"), "--prompts", str(d / "prompts.csv")], "missing.tif"),
+        (["track", str(d / "movie.tif"), "--prompts", str(tmp_path / "none.csv")], "none.csv"),
+    ]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("frame,object_id,x,y,label\n9,1,5,5,1\n")
+    cases.append((["track", str(d / "movie.tif"), "--prompts", str(bad)], "frame 9 is outside"))
+    off = tmp_path / "off.csv"
+    off.write_text("frame,object_id,x,y,label\n0,1,500,5,1\n")
+    cases.append((["track", str(d / "movie.tif"), "--prompts", str(off)], "outside the 80x64"))
+    notck = tmp_path / "notes.pt"
+    notck.write_text("not a checkpoint")
+    for argv, needle in cases:
+        assert main(argv + base) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out",
+                 str(tmp_path / "x.tif"), "--model", str(notck)]) == 1
+    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out",
+                 str(tmp_path / "x.tif"), "--model", "sam5_giant"]) == 1
+    assert "sam5_giant" in capsys.readouterr().err
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--model", ckpt,
+                 "--out", "/proc/nope/x.tif"]) == 1
+    assert "cannot write" in capsys.readouterr().err
+    assert not (tmp_path / "x.tif").exists()  # no partial output anywhere
+
+
+def test_prompt_file_parsing(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_text("frame,object_id,x,y\n0,1,abc,3\n")
+    with pytest.raises(PromptFileError, match=r"p.csv:2: x='abc'"):
+        read_prompts(p)
+    p.write_text("a,b\n1,2\n")
+    with pytest.raises(PromptFileError, match="needs columns"):
+        read_prompts(p)
+
+
+def test_segment_and_embed(workdir, tmp_path, capsys):
+    d, movie, labels, ckpt = workdir
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for t in range(2):
+        tifffile.imwrite(folder / f"img{t}.tif", movie[t])
+    assert main(["segment", str(folder), "--out", str(tmp_path / "seg"), "--prompts", str(d / "prompts.csv"),
+                 "--model", ckpt]) == 0
+    out = sorted((tmp_path / "seg").glob("*_labels.tif"))
+    assert len(out) == 2 and tifffile.imread(out[0]).max() >= 1
+    assert main(["embed", str(d / "movie.tif"), "--cache", str(tmp_path / "emb"), "--model", ckpt]) == 0
+    assert "5 computed" in capsys.readouterr().out
+    assert main(["embed", str(d / "movie.tif"), "--cache", str(tmp_path / "emb"), "--model", ckpt]) == 0
+    assert "0 computed" in capsys.readouterr().out
+
+
+def test_console_script_and_models_list():
+    res = subprocess.run([sys.executable, "-m", "napari_sam2.cli", "models", "list"], capture_output=True, text=True)
+    assert res.returncode == 0 and "sam2.1_hiera_tiny" in res.stdout and "default" in res.stdout
