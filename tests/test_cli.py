@@ -137,3 +137,27 @@ def test_segment_and_embed(workdir, tmp_path, capsys):
 def test_console_script_and_models_list():
     res = subprocess.run([sys.executable, "-m", "napari_sam2.cli", "models", "list"], capture_output=True, text=True)
     assert res.returncode == 0 and "sam2.1_hiera_tiny" in res.stdout and "default" in res.stdout
+
+
+def test_demo_writes_every_output(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--frames", "3"]) == 0
+    out = capsys.readouterr().out
+    for name in ("labels.tif", "ctc_RES", "measurements.csv", "overview.png", "movie.tif"):
+        assert (tmp_path / "d" / name).exists() and name in out
+    assert (tmp_path / "d" / "ctc_RES" / "res_track.txt").exists()
+    assert tifffile.imread(tmp_path / "d" / "labels.tif").shape == (3, 256, 256)
+    assert "detection F1" in out
+
+
+def test_demo_score_counts_matches():
+    from napari_sam2._demo import score
+
+    truth = np.zeros((1, 20, 20), np.uint16)
+    truth[0, 2:8, 2:8] = 1
+    truth[0, 10:18, 10:18] = 2
+    pred = np.zeros_like(truth)
+    pred[0, 2:8, 2:7] = 5  # IoU 5/6 with cell 1
+    pred[0, 0:2, 15:20] = 6  # a false positive; cell 2 missed
+    s = score(pred, truth)
+    assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 1) and s["f1"] == 0.5
+    assert s["mean_iou"] == pytest.approx(5 / 6)

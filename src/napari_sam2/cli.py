@@ -1,4 +1,4 @@
-"""Command-line interface: ``napari-sam2 demo | track | segment | embed | models``.
+"""Command-line interface: ``napari-sam2 demo | track | segment | embed | train | evaluate | models``.
 
 Exit codes: 0 success, 1 failure, 2 usage error. Errors are one line (``--debug`` for a traceback).
 """
@@ -12,8 +12,11 @@ from pathlib import Path
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from napari_sam2._demo import run_demo
+    from napari_sam2._demo import open_gui, run_demo
 
+    if args.gui:
+        open_gui(args.model)
+        return 0
     run_demo(Path(args.out), model=args.model, device=args.device, frames=args.frames)
     return 0
 
@@ -185,6 +188,61 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from sam2_core.train import TrainConfig, train
+    from sam2_core.train.data import SimulatedPool, StackPool, read_labelled
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if not out.parent.exists() or not os_access_w(out.parent):
+        raise PermissionError(f"cannot write to {out.parent}: the folder does not exist or is read-only")
+    if args.simulated and args.model == "default" and not args.images:
+        from sam2_core.train.recipe import train_bundled
+
+        hist = train_bundled(out, steps=args.steps, seed=args.seed)
+    else:
+        if not args.simulated and not args.images:
+            raise ValueError("give --images IMG.tif --labels LAB.tif (repeatable) or --simulated")
+        if len(args.images or []) != len(args.labels or []):
+            raise ValueError(f"--images and --labels must pair up: got {len(args.images or [])} images and "
+                             f"{len(args.labels or [])} labels")
+        model = _build(args.model, "cpu" if args.device is None else args.device)
+        size = model.image_size
+        if args.simulated:
+            data = SimulatedPool(size, seed=args.seed)
+        else:
+            data = StackPool([read_labelled(i, l) for i, l in zip(args.images, args.labels)], size, seed=args.seed)
+        cfg = dataclasses.replace(TrainConfig(), steps=args.steps or 1000, lr=args.lr, clip_len=args.clip_len,
+                                  max_objects=args.objects, seed=args.seed, save_every=args.save_every,
+                                  warmup=min(100, max(1, (args.steps or 1000) // 10)))
+        hist = train(model, data, cfg, out, resume=not args.restart)
+    if hist:
+        last = hist[-min(50, len(hist)):]
+        print(f"{out}: step {hist[-1]['step'] + 1}, mean loss {sum(r['total'] for r in last) / len(last):.3f}, "
+              f"training IoU {sum(r['miou'] for r in last) / len(last):.3f} (last {len(last)} steps)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from sam2_core.train.evaluate import evaluate
+
+    model = _build(args.model, args.device)
+    m = evaluate(model, n_movies=args.movies, n_frames=args.frames, size=args.size, progress=not args.json)
+    if args.json:
+        print(json.dumps(m.as_dict()))
+    else:
+        for k, v in m.as_dict().items():
+            print(f"{k:>20}: {v:.4f}" if isinstance(v, float) else f"{k:>20}: {v}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from sam2_core import weights
     from sam2_core.build import bundled_checkpoint
@@ -217,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="napari-sam2-demo", help="output folder (default: %(default)s)")
     d.add_argument("--model", default="default", help="model name or checkpoint file")
     d.add_argument("--device", default=None, help="cuda, mps or cpu (default: automatic)")
-    d.add_argument("--frames", type=int, default=8, help="frames of the sample to process")
+    d.add_argument("--frames", type=int, default=30, help="frames of the sample to process (default: %(default)s)")
+    d.add_argument("--gui", action="store_true", help="open napari with the sample and the widget instead")
     d.set_defaults(func=_cmd_demo)
 
     t = sub.add_parser("track", help="track prompted (or automatically seeded) objects through a movie")
@@ -253,6 +312,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.add_argument("--channels", type=int, nargs="+", default=None)
     e.set_defaults(func=_cmd_embed)
+
+    tr = sub.add_parser("train", help="fine-tune a model on labelled stacks, or train on simulated movies")
+    tr.add_argument("--out", required=True, help="checkpoint to write (Meta's format); resumed if it exists")
+    tr.add_argument("--model", default="default", help="starting model: name or checkpoint (default: %(default)s)")
+    tr.add_argument("--images", nargs="+", help="movies (T, Y, X[, C]) as TIFF or zarr")
+    tr.add_argument("--labels", nargs="+", help="their labels (T, Y, X), ids consistent over time")
+    tr.add_argument("--simulated", action="store_true",
+                    help="train on simulated nuclei movies (with the default model: the bundled model's recipe)")
+    tr.add_argument("--steps", type=int, default=None, help="optimiser steps (default: 1000, recipe: 2400)")
+    tr.add_argument("--lr", type=float, default=1e-4)
+    tr.add_argument("--clip-len", type=int, default=6, help="frames per training clip")
+    tr.add_argument("--objects", type=int, default=4, help="objects per clip")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--save-every", type=int, default=100)
+    tr.add_argument("--restart", action="store_true", help="ignore an existing --out instead of resuming it")
+    tr.add_argument("--device", default=None)
+    tr.add_argument("--threads", type=int, default=None)
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="the model card's metrics on held-out simulated movies")
+    ev.add_argument("--model", default="default")
+    ev.add_argument("--movies", type=int, default=8)
+    ev.add_argument("--frames", type=int, default=50)
+    ev.add_argument("--size", type=int, default=256, help="frame side in pixels")
+    ev.add_argument("--device", default=None)
+    ev.add_argument("--json", action="store_true", help="print one JSON line")
+    ev.set_defaults(func=_cmd_evaluate)
 
     m = sub.add_parser("models", help="list, download or import model weights")
     msub = m.add_subparsers(dest="action", required=True)

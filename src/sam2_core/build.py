@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from sam2_core.checkpoint import CheckpointError, identify_variant, load_into, read_checkpoint
-from sam2_core.config import OFFICIAL_CONFIGS, SAM2Config
+from sam2_core.config import DEFAULT_CONFIG, OFFICIAL_CONFIGS, SAM2Config
 from sam2_core.modeling.sam2 import SAM2Model
 
 _logger = logging.getLogger(__name__)
@@ -17,8 +17,8 @@ _logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "default"
 #: Where the package keeps its bundled weights.
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
-#: Architecture of "default" while no bundled weights are installed.
-_FALLBACK_DEFAULT = OFFICIAL_CONFIGS["sam2.1_hiera_tiny"]
+#: Architecture of "default" (the bundled weights store it too).
+_FALLBACK_DEFAULT = DEFAULT_CONFIG
 
 
 def list_models() -> list[str]:

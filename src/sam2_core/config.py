@@ -130,3 +130,18 @@ for _version, _prefix in (("2.1", "sam2.1"), ("2.0", "sam2")):
     for _size, _trunk in (("tiny", _TINY), ("small", _SMALL), ("base_plus", _BASE_PLUS), ("large", _LARGE)):
         _name = f"{_prefix}_hiera_{_size}"
         OFFICIAL_CONFIGS[_name] = SAM2Config(name=_name, trunk=_trunk, version=_version)
+
+#: Our own small configuration for the bundled model: a narrow Hiera (32 wide, 10 blocks) at
+#: image_size 256, a 128-wide decoder and two memory-attention layers; built for CPU speed.
+DEFAULT_CONFIG = SAM2Config(
+    name="default",
+    trunk=HieraConfig(embed_dim=32, num_heads=1, stages=(1, 2, 5, 2), global_att_blocks=(5, 7),
+                      window_spec=(8, 4, 8, 8)),
+    version="2.1",
+    image_size=256,
+    d_model=128,
+    mem_dim=64,
+    memory_attention_layers=2,
+    memory_attention_ffn=512,
+    decoder_mlp_dim=512,
+)

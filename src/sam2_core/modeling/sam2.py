@@ -303,6 +303,46 @@ class SAM2Model(nn.Module):
         enc = sine_1d(rel_pos.float() / t_max, self.config.d_model)
         return self.obj_ptr_tpos_proj(enc)
 
+    def build_memory(
+        self,
+        spatial: list[tuple[torch.Tensor, int]],
+        maskmem_pos: torch.Tensor,
+        pointers: list[tuple[torch.Tensor, int]],
+        num_frames: int | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Memory tokens for memory attention, for a batch of B objects with the same layout.
+
+        Args:
+            spatial: (maskmem_features (B, mem_dim, h, w), t_pos) per memory frame; t_pos 0 for
+                conditioning frames, 1..num_maskmem-1 for recent ones (num_maskmem-1 = adjacent).
+            maskmem_pos: (1 or B, mem_dim, h, w) sine encoding of the memory grid.
+            pointers: (obj_ptr (B, d_model), signed frame offset) per object-pointer frame.
+            num_frames: frames in the stack (scales 2.1's pointer time encoding).
+
+        Returns:
+            memory (B, M, mem_dim), memory_pos (B, M, mem_dim) with spatial tokens first, and the
+            number of pointer tokens (each pointer is split into d_model / mem_dim tokens).
+        """
+        n_mem = self.num_maskmem
+        tokens, encs = [], []
+        b = spatial[0][0].shape[0] if spatial else pointers[0][0].shape[0]
+        pos_flat = maskmem_pos.flatten(2).transpose(1, 2)  # (1|B, hw, Cm)
+        for feats, t_pos in spatial:
+            tokens.append(feats.flatten(2).transpose(1, 2).float())
+            tpos = self.maskmem_tpos_enc[n_mem - t_pos - 1].reshape(1, 1, -1)
+            encs.append((pos_flat + tpos).expand(b, -1, -1))
+        n_ptr_tokens = 0
+        if pointers:
+            c, cm = self.config.d_model, self.config.mem_dim
+            split = c // cm
+            rel = torch.tensor([p for _, p in pointers], device=self.device)
+            vecs = torch.stack([v for v, _ in pointers], dim=1)  # (B, Np, C)
+            tokens.append(vecs.reshape(b, -1, split, cm).flatten(1, 2).float())  # pointer-major
+            tpos = self.obj_ptr_tpos(rel, num_frames).repeat_interleave(split, dim=0)  # (Np*split, Cm)
+            encs.append(tpos.unsqueeze(0).expand(b, -1, -1))
+            n_ptr_tokens = len(pointers) * split
+        return torch.cat(tokens, dim=1), torch.cat(encs, dim=1), n_ptr_tokens
+
     def condition_on_memory(
         self,
         vision_features: torch.Tensor,

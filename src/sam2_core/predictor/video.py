@@ -401,43 +401,28 @@ class SAM2VideoPredictor:
     def _memory_of(self, state: VideoState, obj: ObjectState, f: int, reverse: bool):
         """One object's memory tokens (M, Cm), their encodings (M, Cm) and pointer-token count."""
         model = self.model
-        n_mem = model.num_maskmem
-        tpos_enc = model.maskmem_tpos_enc  # (n_mem, 1, 1, Cm)
         selected, unselected = mb.select_cond_frames(f, obj.cond, self.max_cond_frames_in_attn)
         spare = {t: obj.cond[t] for t in unselected}
-        pos_flat = state.maskmem_pos[0].flatten(1).t()  # (Cm, h, w) -> (hw, Cm)
-        tokens, encs = [], []
+        spatial = []
 
         def add(out: FrameOutput | None, t_pos: int) -> None:
-            if out is None or out.maskmem_features is None:
-                return
-            tokens.append(out.maskmem_features.to(state.device)[0].flatten(1).t())  # (hw, Cm)
-            encs.append(pos_flat + tpos_enc[n_mem - t_pos - 1].reshape(1, -1))
+            if out is not None and out.maskmem_features is not None:
+                spatial.append((out.maskmem_features.to(state.device), t_pos))
 
         for t in selected:
             add(obj.cond[t], 0)
-        for t_pos, prev in mb.recent_frames(f, n_mem, reverse, self.memory_temporal_stride):
+        for t_pos, prev in mb.recent_frames(f, model.num_maskmem, reverse, self.memory_temporal_stride):
             add(obj.non_cond.get(prev, spare.get(prev)), t_pos)
-        max_ptrs = model.max_obj_ptrs(state.num_frames)
-        cond_ptrs, recent = mb.pointer_frames(f, selected, state.num_frames, max_ptrs, reverse,
-                                              signed=model.config.is_v21)
-        ptrs = [(p, obj.cond[t].obj_ptr) for t, p in cond_ptrs]
+        cond_ptrs, recent = mb.pointer_frames(f, selected, state.num_frames, model.max_obj_ptrs(state.num_frames),
+                                              reverse, signed=model.config.is_v21)
+        ptrs = [(obj.cond[t].obj_ptr.to(state.device), p) for t, p in cond_ptrs]
         for t, p in recent:
             out = obj.non_cond.get(t, spare.get(t))
             if out is not None:
-                ptrs.append((p, out.obj_ptr))
-        n_ptr_tokens = 0
-        if ptrs:
-            c, cm = model.config.d_model, model.config.mem_dim
-            rel = torch.tensor([p for p, _ in ptrs], device=state.device)
-            vecs = torch.cat([v.to(state.device) for _, v in ptrs])  # (Np, C)
-            tpos = model.obj_ptr_tpos(rel, state.num_frames)  # (Np, Cm)
-            split = c // cm
-            tokens.append(vecs.reshape(-1, split, cm).flatten(0, 1))  # pointer-major (Np*split, Cm)
-            encs.append(tpos.repeat_interleave(split, dim=0))
-            n_ptr_tokens = len(ptrs) * split
-        memory = torch.cat([t.float() for t in tokens])
-        return memory, torch.cat(encs), n_ptr_tokens
+                ptrs.append((out.obj_ptr.to(state.device), p))
+        memory, pos, n_ptr = model.build_memory(spatial, state.maskmem_pos, [(v[0:1], p) for v, p in ptrs],
+                                                state.num_frames)
+        return memory[0], pos[0], n_ptr
 
     def _evict(self, obj: ObjectState, f: int, reverse: bool) -> None:
         """Forget tracked memories no later request can use (bounded memory on long stacks)."""

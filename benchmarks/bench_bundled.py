@@ -1,0 +1,94 @@
+"""The bundled default model: tracking speed, click latency and the model card's accuracy.
+
+Usage:
+    python benchmarks/bench_bundled.py [--threads 2] [--objects 5] [--size 512] [--frames 20]
+                                       [--eval-movies 8] [--eval-frames 50] [--model default]
+
+Prints, for the model on this machine:
+- frames per second tracking N objects (prompted on frame 0) through a 16-bit movie of
+  size x size frames (goal for the bundled model: >= 5 fps for 5 objects at 512 on 2 cores);
+- single-click latency once the frame is encoded (decoder only), and the encoder time per frame;
+- the held-out metrics of sam2_core.train.evaluate (skip with --eval-movies 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--objects", type=int, default=5)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--eval-movies", type=int, default=8)
+    ap.add_argument("--eval-frames", type=int, default=50)
+    ap.add_argument("--model", default="default")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from sam2_core import build_sam2
+    from sam2_core.predictor.image import SAM2ImagePredictor
+    from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.simulate_cells import simulate_cells
+    from sam2_core.train import prompts as P
+
+    model = build_sam2(checkpoint=args.model, device="cpu") if args.model.endswith(".pt") else \
+        build_sam2(args.model, device="cpu")
+    n_par = sum(p.numel() for p in model.parameters())
+    print(f"model {args.model}: {model.config.name}, image_size {model.image_size}, {n_par / 1e6:.2f} M parameters, "
+          f"{args.threads} threads")
+    sim = simulate_cells(args.frames, (args.size, args.size), n_cells=max(args.objects * 3, 10), seed=123,
+                         radius=(args.size / 40, args.size / 25))
+    ids, areas = np.unique(sim.labels[0], return_counts=True)
+    objs = [int(i) for i, a in sorted(zip(ids, areas), key=lambda x: -x[1]) if i][: args.objects]
+    pred = SAM2VideoPredictor(model)
+    state = pred.init_state(sim.movie)
+    rng = np.random.default_rng(0)
+    for cid in objs:
+        pred.add_new_points_or_box(state, 0, cid, points=P.click_inside(sim.labels[0] == cid, rng, central=True),
+                                   labels=[1])
+    times = []
+    t = time.perf_counter()
+    for f, _, _ in pred.propagate_in_video(state):
+        now = time.perf_counter()
+        if f > 0:
+            times.append(now - t)
+        t = now
+    sec = float(np.median(times))
+    print(f"tracking {len(objs)} objects on {args.size}x{args.size} frames: {sec * 1000:.0f} ms/frame median "
+          f"= {1 / sec:.1f} frames/s ({len(times)} frames)")
+    pred.close_state(state)
+
+    ip = SAM2ImagePredictor(model)
+    enc = []
+    for k in range(3):
+        t = time.perf_counter()
+        ip.set_image(sim.movie[k])
+        enc.append(time.perf_counter() - t)
+    lat = []
+    for cid in objs * 4:
+        pt = P.click_inside(sim.labels[2] == cid, rng) if (sim.labels[2] == cid).any() else np.array([[5.0, 5.0]])
+        t = time.perf_counter()
+        ip.predict(point_coords=pt, point_labels=[1])
+        lat.append(time.perf_counter() - t)
+    print(f"encoder: {np.median(enc) * 1000:.0f} ms/frame; click (decoder only): {np.median(lat) * 1000:.1f} ms median")
+
+    if args.eval_movies:
+        from sam2_core.train.evaluate import evaluate
+
+        t = time.perf_counter()
+        m = evaluate(model, n_movies=args.eval_movies, n_frames=args.eval_frames)
+        print(f"held-out simulated set ({args.eval_movies} movies x {args.eval_frames} frames, 256x256), "
+              f"{time.perf_counter() - t:.0f} s:")
+        for k, v in m.as_dict().items():
+            print(f"  {k}: {v:.4f}" if isinstance(v, float) else f"  {k}: {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Training clips: T consecutive frames at the model's input size and K objects' target masks.
+
+Frames are normalised exactly as the predictors normalise them (robust percentiles over the
+movie, replicated to RGB, ImageNet statistics), so the model trains on what it will see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam2_core import transforms as T
+from sam2_core.simulate_cells import SimulatedMovie, simulate_cells
+
+
+@dataclass
+class Clip:
+    """frames (T, 3, S, S) model input; targets (K, T, S, S) float {0, 1}; ids (K,) object ids."""
+
+    frames: torch.Tensor
+    targets: torch.Tensor
+    ids: list[int]
+
+
+@dataclass
+class LabelledMovie:
+    """A (T, Y, X[, C]) movie with (T, Y, X) labels whose ids are consistent over time."""
+
+    movie: np.ndarray
+    labels: np.ndarray
+    parents: dict[int, int]
+
+    def family(self, cell_id: int) -> set[int]:
+        """The id and its descendants (a tracked cell stays tracked through division)."""
+        out, todo = {cell_id}, [cell_id]
+        while todo:
+            p = todo.pop()
+            kids = [c for c, q in self.parents.items() if q == p]
+            out.update(kids)
+            todo.extend(kids)
+        return out
+
+
+def from_simulation(sim: SimulatedMovie) -> LabelledMovie:
+    return LabelledMovie(sim.movie, sim.labels, {int(t[0]): int(t[3]) for t in sim.tracks if t[3] > 0})
+
+
+def read_labelled(image_path: str | Path, labels_path: str | Path) -> LabelledMovie:
+    """A user's labelled stack from TIFF or zarr files (same T, Y, X), for fine-tuning."""
+    from sam2_core.io.frames import open_stack
+
+    movie = np.asarray(open_stack(str(image_path)))
+    labels = np.asarray(open_stack(str(labels_path)))
+    if labels.ndim != 3:
+        raise ValueError(f"{labels_path}: labels must be (T, Y, X), got shape {labels.shape}")
+    if movie.shape[:3] != labels.shape:
+        raise ValueError(f"{image_path} has shape {movie.shape} but {labels_path} has {labels.shape}: "
+                         "the labels must cover every frame and pixel of the movie")
+    return LabelledMovie(movie, labels.astype(np.int64), {})
+
+
+def _augment(movie: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    k = int(rng.integers(4))
+    movie, labels = np.rot90(movie, k, axes=(1, 2)), np.rot90(labels, k, axes=(1, 2))
+    if rng.uniform() < 0.5:
+        movie, labels = movie[:, :, ::-1], labels[:, :, ::-1]
+    return np.ascontiguousarray(movie), np.ascontiguousarray(labels)
+
+
+def make_clip(
+    item: LabelledMovie,
+    image_size: int,
+    clip_len: int,
+    max_objects: int,
+    rng: np.random.Generator,
+    min_area: int = 12,
+    augment: bool = True,
+) -> Clip | None:
+    """A random clip of ``item`` with up to ``max_objects`` objects visible on its first frame."""
+    n = item.movie.shape[0]
+    if n < clip_len:
+        return None
+    t0 = int(rng.integers(n - clip_len + 1))
+    movie, labels = item.movie[t0 : t0 + clip_len], item.labels[t0 : t0 + clip_len]
+    if augment:
+        movie, labels = _augment(movie, labels, rng)
+    limits = T.percentile_limits(movie[:: max(1, clip_len // 4), ::2, ::2])
+    frames = torch.cat([T.to_model_input(T.to_unit_rgb(f, contrast_limits=limits), image_size) for f in movie])
+    lab = torch.from_numpy(labels.astype(np.int64))
+    if lab.shape[-2:] != (image_size, image_size):
+        lab = F.interpolate(lab[:, None].float(), size=(image_size, image_size), mode="nearest")[:, 0].long()
+    ids, areas = np.unique(lab[0].numpy(), return_counts=True)
+    ids = [int(i) for i, a in zip(ids, areas) if i > 0 and a >= min_area]
+    if not ids:
+        return None
+    chosen = [ids[i] for i in rng.permutation(len(ids))[:max_objects]]
+    targets = torch.stack([
+        torch.isin(lab, torch.tensor(sorted(item.family(c)))).float() for c in chosen
+    ])
+    return Clip(frames, targets, chosen)
+
+
+class SimulatedPool:
+    """A pool of simulated movies, renewed one movie at a time as training draws clips."""
+
+    def __init__(self, image_size: int, size: int = 64, movie_len: int = 12, seed: int = 0,
+                 renew_every: int = 4) -> None:
+        self.image_size, self.movie_len, self.renew_every = image_size, movie_len, renew_every
+        self.rng = np.random.default_rng(seed)
+        self._next_seed = 1_000_000 * (seed + 1)
+        self.items = [self._new() for _ in range(size)]
+        self.draws = 0
+
+    def _new(self) -> LabelledMovie:
+        self._next_seed += 1
+        return from_simulation(simulate_cells(self.movie_len, (self.image_size, self.image_size),
+                                              seed=self._next_seed))
+
+    def sample(self, clip_len: int, max_objects: int) -> Clip:
+        self.draws += 1
+        if self.draws % self.renew_every == 0:
+            self.items[int(self.rng.integers(len(self.items)))] = self._new()
+        while True:
+            item = self.items[int(self.rng.integers(len(self.items)))]
+            clip = make_clip(item, self.image_size, clip_len, max_objects, self.rng)
+            if clip is not None:
+                return clip
+
+
+class StackPool:
+    """Clips from the user's labelled stacks (fine-tuning)."""
+
+    def __init__(self, items: Sequence[LabelledMovie], image_size: int, seed: int = 0) -> None:
+        if not items:
+            raise ValueError("no labelled stacks given")
+        self.items, self.image_size = list(items), image_size
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, clip_len: int, max_objects: int) -> Clip:
+        for _ in range(1000):
+            item = self.items[int(self.rng.integers(len(self.items)))]
+            clip = make_clip(item, self.image_size, min(clip_len, item.movie.shape[0]), max_objects, self.rng)
+            if clip is not None:
+                return clip
+        raise ValueError("no clip with a labelled object found: are the labels empty?")

@@ -1,0 +1,208 @@
+"""One clip through SAM 2 as in training, and the resumable AdamW loop around it.
+
+A clip step (SAM 2's recipe):
+1. encode all T frames once;
+2. frame 0 is the conditioning frame: the K objects are prompted with a click, a box or their
+   mask, then get up to ``max_corrections`` corrective clicks sampled from their errors (each
+   fed the previous low-res logits as a mask prompt, like a correction in the predictor);
+3. frames 1..T-1 are tracked: memory attention over the conditioning memory, the last
+   ``num_maskmem - 1`` frames and the object pointers, built by the same rules and the same
+   :meth:`SAM2Model.build_memory` as the video predictor;
+4. losses on every frame (:func:`sam2_core.train.losses.step_losses`), averaged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sam2_core.checkpoint import read_checkpoint, save_checkpoint
+from sam2_core.modeling.sam2 import SAM2Model
+from sam2_core.predictor import memory_bank as mb
+from sam2_core.train import prompts as P
+from sam2_core.train.data import Clip
+from sam2_core.train.losses import LossWeights, step_losses
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of a training run (stored in every checkpoint it writes)."""
+
+    steps: int = 1000
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup: int = 100
+    clip_len: int = 6
+    short_clip_steps: int = 0  # clips of 2 frames before this step (cheap: learn to segment first)
+    max_objects: int = 4
+    prob_box: float = 0.3
+    prob_mask: float = 0.1
+    prob_correct: float = 0.5
+    max_corrections: int = 2
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 200
+    weights: LossWeights = field(default_factory=LossWeights)
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay to 5% of ``lr``."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        frac = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def _prompt_frame(model: SAM2Model, feats, clip: Clip, cfg: TrainConfig, rng: np.random.Generator):
+    """Heads output and per-iteration losses for the prompted frame 0 of every object."""
+    k = clip.targets.shape[0]
+    truth = clip.targets[:, 0].numpy() > 0.5
+    vision = feats.vision_features[0:1].expand(k, -1, -1, -1)
+    pix = model.add_no_mem_embed(vision)
+    high = [h[0:1].expand(k, -1, -1, -1) for h in feats.high_res]
+    losses = []
+    kind = rng.choice(["click", "box", "mask"], p=[1 - cfg.prob_box - cfg.prob_mask, cfg.prob_box, cfg.prob_mask])
+    if kind == "mask":
+        heads = model.use_mask_as_output(vision, high, clip.targets[:, 0:1])
+        return heads, losses
+    if kind == "box":
+        pts = np.stack([P.box_of(m, rng) for m in truth])
+        labels = np.tile(np.array([[2, 3]], np.int32), (k, 1))
+    else:
+        pts = np.stack([P.click_inside(m, rng) for m in truth])
+        labels = np.ones((k, 1), np.int32)
+    heads = model.forward_sam_heads(pix, torch.from_numpy(pts), torch.from_numpy(labels), None, high,
+                                    multimask_output=kind == "click")
+    losses.append(step_losses(heads.high_res_multimasks, heads.ious, heads.object_score_logits,
+                              clip.targets[:, 0], cfg.weights))
+    n_corr = int(rng.integers(1, cfg.max_corrections + 1)) if rng.uniform() < cfg.prob_correct else 0
+    for _ in range(n_corr):
+        pred = heads.high_res_masks[:, 0].detach().numpy() > 0
+        new_pts, new_labels = [], []
+        for m, t in zip(pred, truth):
+            c = P.corrective_click(m, t, rng)
+            new_pts.append(c[0] if c else np.zeros((1, 2), np.float32))
+            new_labels.append([c[1] if c else -1])  # -1: padding, ignored by the prompt encoder
+        pts = np.concatenate([pts, np.stack(new_pts)], axis=1)
+        labels = np.concatenate([labels, np.array(new_labels, np.int32)], axis=1)
+        heads = model.forward_sam_heads(pix, torch.from_numpy(pts), torch.from_numpy(labels),
+                                        heads.low_res_masks.detach(), high, multimask_output=False)
+        losses.append(step_losses(heads.high_res_multimasks, heads.ious, heads.object_score_logits,
+                                  clip.targets[:, 0], cfg.weights))
+    return heads, losses
+
+
+def clip_forward(model: SAM2Model, clip: Clip, cfg: TrainConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Mean losses over the clip's frames (and prompt iterations) for its K objects."""
+    n_frames, k = clip.frames.shape[0], clip.targets.shape[0]
+    feats = model.encode_image(clip.frames)
+    heads, losses = _prompt_frame(model, feats, clip, cfg, rng)
+    memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # frame -> (maskmem (K,Cm,h,w), obj_ptr (K,C))
+
+    def remember(t: int, heads) -> None:
+        vision = feats.vision_features[t : t + 1].expand(k, -1, -1, -1)
+        mem, pos = model.encode_memory(vision, heads.high_res_masks, heads.object_score_logits, binarize=False)
+        memory[t] = (mem, heads.obj_ptr)
+        remember.pos = pos[0:1]
+
+    remember(0, heads)
+    max_ptrs = model.max_obj_ptrs(None)
+    for t in range(1, n_frames):
+        spatial = [(memory[0][0], 0)]
+        spatial += [(memory[p][0], t_pos) for t_pos, p in mb.recent_frames(t, model.num_maskmem, False)
+                    if p in memory and p != 0]
+        cond_ptrs, recent = mb.pointer_frames(t, [0], n_frames, max_ptrs, False, signed=model.config.is_v21)
+        ptrs = [(memory[f][1], rel) for f, rel in cond_ptrs] + [(memory[f][1], rel) for f, rel in recent if f != 0]
+        mem, mem_pos, n_ptr = model.build_memory(spatial, remember.pos, ptrs, None)
+        vision = feats.vision_features[t : t + 1].expand(k, -1, -1, -1)
+        pix = model.condition_on_memory(vision, feats.vision_pos[t : t + 1].expand(k, -1, -1, -1), mem, mem_pos, n_ptr)
+        high = [h[t : t + 1].expand(k, -1, -1, -1) for h in feats.high_res]
+        heads = model.forward_sam_heads(pix, None, None, None, high, multimask_output=True)
+        losses.append(step_losses(heads.high_res_multimasks, heads.ious, heads.object_score_logits,
+                                  clip.targets[:, t], cfg.weights))
+        if t < n_frames - 1:
+            remember(t, heads)
+    return {key: torch.stack([loss[key] for loss in losses]).mean() for key in losses[0]}
+
+
+def train(
+    model: SAM2Model,
+    data: Any,
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = True,
+    progress: bool = True,
+    callback=None,
+) -> list[dict[str, float]]:
+    """Train ``model`` on clips drawn from ``data`` (``.sample(clip_len, max_objects)``).
+
+    Writes ``out`` (Meta's format: ``{"model": state_dict}``, plus our config, the optimizer
+    state and the step) every ``cfg.save_every`` steps and at the end; with ``resume`` an existing
+    ``out`` is continued from its step. Returns the per-step log (losses, lr, seconds).
+    """
+    out = Path(out)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, history = 0, []
+    if resume and out.is_file():
+        state, _ = read_checkpoint(out)
+        model.load_state_dict(state)
+        extra = torch.load(out, map_location="cpu", weights_only=True)
+        if "optimizer" in extra:
+            opt.load_state_dict(extra["optimizer"])
+        start = int(extra.get("step", 0))
+        history = list(extra.get("history", []))
+        _logger.info("resuming %s at step %d", out, start)
+    rng = np.random.default_rng([cfg.seed, start])
+    torch.manual_seed(cfg.seed + start)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=start, desc="training", unit="step", mininterval=2.0)
+
+    def save(step: int) -> None:
+        save_checkpoint(model, out, extra={"optimizer": opt.state_dict(), "step": step, "history": history,
+                                           "train_config": _plain(asdict(cfg))})
+
+    for step in range(start, cfg.steps):
+        t0 = time.perf_counter()
+        clip = data.sample(2 if step < cfg.short_clip_steps else cfg.clip_len, cfg.max_objects)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr_at(step)
+        losses = clip_forward(model, clip, cfg, rng)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        row = {k: float(v.detach()) for k, v in losses.items()}
+        row.update(step=step, lr=cfg.lr_at(step), seconds=time.perf_counter() - t0)
+        history.append(row)
+        if bar is not None:
+            recent = history[-50:]
+            bar.set_postfix(loss=f"{np.mean([r['total'] for r in recent]):.3f}",
+                            miou=f"{np.mean([r['miou'] for r in recent]):.3f}")
+            bar.update(1)
+        if callback is not None:
+            callback(row)
+        if (step + 1) % cfg.save_every == 0:
+            save(step + 1)
+    if bar is not None:
+        bar.close()
+    save(cfg.steps)
+    model.eval()
+    return history
+
+
+def _plain(d: dict) -> dict:
+    """Dataclass dict with tuples as lists and nested dataclasses as dicts (weights_only-safe)."""
+    return {k: _plain(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -1,0 +1,148 @@
+"""Training: simulator, prompt simulation, losses, the clip step, the resumable loop, evaluation, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from sam2_core import build_sam2
+from sam2_core.config import DEFAULT_CONFIG, HieraConfig, SAM2Config
+from sam2_core.modeling.sam2 import SAM2Model
+from sam2_core.simulate_cells import simulate_cells
+from sam2_core.train import TrainConfig, train
+from sam2_core.train import prompts as P
+from sam2_core.train.data import SimulatedPool, StackPool, from_simulation, make_clip
+from sam2_core.train.losses import step_losses
+
+TINY = SAM2Config(
+    name="test-tiny",
+    trunk=HieraConfig(embed_dim=8, num_heads=1, stages=(1, 1, 2, 1), global_att_blocks=(3,), window_spec=(4, 4, 4, 4)),
+    image_size=64, d_model=32, mem_dim=16, memory_attention_layers=1, memory_attention_ffn=32, decoder_mlp_dim=32,
+)
+
+
+def test_simulator_labels_tracks_and_lineage():
+    sim = simulate_cells(30, (96, 96), seed=3, division_rate=0.05, radius=(6, 9), n_cells=12)
+    again = simulate_cells(30, (96, 96), seed=3, division_rate=0.05, radius=(6, 9), n_cells=12)
+    assert np.array_equal(sim.movie, again.movie) and np.array_equal(sim.labels, again.labels)
+    assert sim.movie.dtype == np.uint16 and sim.labels.shape == sim.movie.shape
+    ids = {int(t[0]): t for t in sim.tracks}
+    assert set(np.unique(sim.labels)) - {0} == set(ids)
+    for cid, (_, begin, end, parent) in ids.items():  # an id appears only within its span
+        present = [t for t in range(30) if (sim.labels[t] == cid).any()]
+        assert present[0] == begin and present[-1] == end
+        if parent:
+            assert ids[parent][2] < begin  # the mother is gone when the daughter appears
+    assert any(t[3] > 0 for t in sim.tracks), "expected divisions at this rate"
+    mother = next(int(t[3]) for t in sim.tracks if t[3] > 0)
+    assert len(sim.descendants(mother)) >= 3
+    # cells inside the field are brighter than the background on average
+    assert sim.movie[0][sim.labels[0] > 0].mean() > sim.movie[0][sim.labels[0] == 0].mean()
+
+
+def test_prompt_simulation():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((40, 50), bool)
+    mask[10:30, 5:25] = True
+    for _ in range(20):
+        (x, y), = P.click_inside(mask, rng)
+        assert mask[int(y), int(x)]
+    (x, y), = P.click_inside(mask, rng, central=True)
+    assert abs(x - 15) <= 1 and abs(y - 20) <= 1
+    assert np.allclose(P.box_of(mask), [[5, 10], [25, 30]])
+    pred = mask.copy()
+    pred[10:30, 15:25] = False  # missed the right half -> positive click there
+    pt, label = P.corrective_click(pred, mask, rng)
+    assert label == 1 and mask[int(pt[0, 1]), int(pt[0, 0])] and not pred[int(pt[0, 1]), int(pt[0, 0])]
+    spill = mask.copy()
+    spill[:, 25:45] = True  # spilled to the right -> negative click outside the object
+    pt, label = P.corrective_click(spill, mask, rng)
+    assert label == 0 and not mask[int(pt[0, 1]), int(pt[0, 0])]
+    assert P.corrective_click(mask, mask, rng) is None
+
+
+def test_losses():
+    target = torch.zeros(2, 32, 32)
+    target[:, 8:20, 8:20] = 1
+    target[1] = 0  # object 2 absent
+    good = (target * 40 - 20)[:, None].repeat(1, 3, 1, 1)
+    bad = -good
+    ious = torch.tensor([[1.0, 1, 1], [0.5, 0.5, 0.5]])
+    score = torch.tensor([[8.0], [-8.0]])
+    lg = step_losses(good, ious, score, target)
+    lb = step_losses(bad, ious, score, target)
+    assert lg["miou"] == pytest.approx(1.0) and lg["dice"] < 0.01 and lg["focal"] < 1e-3
+    assert lb["total"] > 10 * lg["total"] and lb["miou"] == 0
+    assert lg["score"] < 0.01 and step_losses(good, ious, -score, target)["score"] > 5
+
+
+def test_clip_from_simulation_and_stacks():
+    rng = np.random.default_rng(0)
+    sim = simulate_cells(8, (80, 80), seed=1, n_cells=6, radius=(6, 8))
+    clip = make_clip(from_simulation(sim), 64, 4, 3, rng)
+    assert clip.frames.shape == (4, 3, 64, 64) and clip.targets.shape == (len(clip.ids), 4, 64, 64)
+    assert 1 <= len(clip.ids) <= 3 and all(clip.targets[:, 0].flatten(1).amax(1) == 1)
+    pool = StackPool([from_simulation(sim)], 64)
+    assert pool.sample(10, 2).frames.shape[0] == 8  # clipped to the movie's length
+
+
+def test_training_learns_and_resumes(tmp_path):
+    torch.manual_seed(0)
+    model = SAM2Model(TINY)
+    pool = SimulatedPool(64, size=2, movie_len=4, seed=0, renew_every=10**9)
+    fixed = pool.sample(3, 2)
+
+    class One:  # overfit one clip: the loss must fall
+        def sample(self, *_):
+            return fixed
+
+    cfg = TrainConfig(steps=40, lr=2e-3, warmup=2, clip_len=3, max_objects=2, save_every=20, prob_correct=0.0,
+                      prob_box=0.0, prob_mask=0.0)
+    out = tmp_path / "tiny.pt"
+    hist = train(model, One(), cfg, out, progress=False)
+    first, last = np.mean([r["total"] for r in hist[:5]]), np.mean([r["total"] for r in hist[-5:]])
+    assert last < 0.6 * first, (first, last)
+    raw = torch.load(out, map_location="cpu", weights_only=True)
+    assert set(raw["model"]) == set(model.state_dict()) and raw["step"] == 40  # Meta's format + ours
+    loaded = build_sam2(checkpoint=out, device="cpu")
+    assert loaded.config == TINY
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    # resume: continue the same file to 45 steps
+    more = train(SAM2Model(TINY), One(), dataclasses.replace(cfg, steps=45), out, progress=False)
+    assert len(more) == 45 and [r["step"] for r in more[40:]] == [40, 41, 42, 43, 44]
+
+
+def test_evaluate_runs_on_any_model():
+    from sam2_core.train.evaluate import evaluate
+
+    torch.manual_seed(0)
+    m = evaluate(SAM2Model(TINY).eval(), n_movies=1, n_frames=3, size=64, max_objects=2)
+    assert 0 <= m.single_click_iou <= 1 and 0 <= m.propagated_iou <= 1
+    assert m.n_click_objects > 0 and m.n_tracked_objects > 0 and m.seconds_per_frame > 0
+
+
+def test_default_config_is_small():
+    n = sum(p.numel() for p in SAM2Model(DEFAULT_CONFIG).parameters())
+    assert n * 2 < 25e6  # shipped as float16: under the 25 MB budget
+
+
+def test_cli_train_on_labelled_stack(tmp_path, capsys):
+    from napari_sam2.cli import main
+    from sam2_core import save_checkpoint
+
+    sim = simulate_cells(5, (64, 64), seed=2, n_cells=4, radius=(6, 8))
+    tifffile.imwrite(tmp_path / "img.tif", sim.movie)
+    tifffile.imwrite(tmp_path / "lab.tif", sim.labels.astype(np.uint16))
+    torch.manual_seed(0)
+    start = save_checkpoint(SAM2Model(TINY), tmp_path / "start.pt")
+    args = ["train", "--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"), "--model",
+            str(start), "--steps", "2", "--clip-len", "3", "--out", str(tmp_path / "ft.pt")]
+    assert main(args) == 0
+    assert "step 2" in capsys.readouterr().out
+    assert build_sam2(checkpoint=tmp_path / "ft.pt", device="cpu").config == TINY
+    assert main(args[:3] + ["--out", str(tmp_path / "x.pt")]) == 1  # labels missing
+    assert "must pair up" in capsys.readouterr().err
