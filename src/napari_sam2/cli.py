@@ -1,4 +1,4 @@
-"""Command-line interface: ``napari-sam2 demo | track | segment | embed | train | evaluate | models``.
+"""Command-line interface: ``napari-sam2 demo | track | segment | embed | batch | train | evaluate | models``.
 
 Exit codes: 0 success, 1 failure, 2 usage error. Errors are one line (``--debug`` for a traceback).
 """
@@ -243,6 +243,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from napari_sam2.batch import read_manifest, run_batch, write_report
+
+    jobs = read_manifest(args.manifest)
+
+    def report(r) -> None:
+        extra = f", {r.objects} objects, {r.seconds:.1f} s" if r.status == "done" else ""
+        print(f"{r.status:>7}  {r.movie} -> {r.out}{extra}{'  ' + r.error if r.error else ''}",
+              file=sys.stderr if r.status == "failed" else sys.stdout, flush=True)
+
+    results = run_batch(jobs, workers=args.workers, scheduler=args.scheduler, dask_workers=args.dask_workers,
+                        model=args.model, device=args.device, threads=args.threads, force=args.force,
+                        on_result=report)
+    if args.report:
+        write_report(args.report, results)
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    print(f"batch: {counts['done']} done, {counts['skipped']} skipped (output exists), {counts['failed']} failed")
+    return 1 if counts["failed"] else 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from sam2_core import weights
     from sam2_core.build import bundled_checkpoint
@@ -312,6 +332,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.add_argument("--channels", type=int, nargs="+", default=None)
     e.set_defaults(func=_cmd_embed)
+
+    b = sub.add_parser("batch", help="track every movie of a manifest (CSV/YAML), locally or on Dask")
+    b.add_argument("manifest", help="CSV or YAML: movie, out[, prompts, seed_frame, direction, max_frames, model, "
+                                    "channels] per job; no prompts = automatic seeding")
+    b.add_argument("--workers", type=int, default=1, help="local worker processes (default: %(default)s)")
+    b.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)")
+    b.add_argument("--dask-workers", type=int, default=None, help="start a local Dask cluster with N workers")
+    b.add_argument("--model", default="default", help="model for jobs that name none")
+    b.add_argument("--device", default=None)
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
+    b.add_argument("--force", action="store_true", help="redo jobs whose output exists")
+    b.add_argument("--report", default=None, help="write a CSV report of every job here")
+    b.set_defaults(func=_cmd_batch)
 
     tr = sub.add_parser("train", help="fine-tune a model on labelled stacks, or train on simulated movies")
     tr.add_argument("--out", required=True, help="checkpoint to write (Meta's format); resumed if it exists")
