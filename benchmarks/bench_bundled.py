@@ -38,8 +38,17 @@ def main() -> None:
     from sam2_core.simulate_cells import simulate_cells
     from sam2_core.train import prompts as P
 
-    model = build_sam2(checkpoint=args.model, device="cpu") if args.model.endswith(".pt") else \
-        build_sam2(args.model, device="cpu")
+    from sam2_core.build import bundled_checkpoint
+
+    if args.model.endswith(".pt"):
+        model = build_sam2(checkpoint=args.model, device="cpu")
+    elif args.model == "default" and bundled_checkpoint() is None:
+        print("no bundled weights in this installation: the default ARCHITECTURE with random weights "
+              "(speed figures hold, accuracy figures are meaningless)")
+        torch.manual_seed(0)
+        model = build_sam2("default", pretrained=False, device="cpu")
+    else:
+        model = build_sam2(args.model, device="cpu")
     n_par = sum(p.numel() for p in model.parameters())
     print(f"model {args.model}: {model.config.name}, image_size {model.image_size}, {n_par / 1e6:.2f} M parameters, "
           f"{args.threads} threads")

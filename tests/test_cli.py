@@ -51,7 +51,11 @@ def test_track_csv_to_tiff_and_zarr(workdir, capsys):
     d, movie, _, ckpt = workdir
     out = d / "labels.tif"
     assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(out),
-                 "--model", ckpt, "--direction", "both", "--threads", "2"]) == 0
+                 "--model", ckpt, "--direction", "both", "--threads", "2", "--ctc", str(d / "ctc"),
+                 "--csv", str(d / "m.csv")]) == 0
+    assert (d / "ctc" / "res_track.txt").exists() and len(list((d / "ctc").glob("mask*.tif"))) == len(movie)
+    rows = (d / "m.csv").read_text().splitlines()
+    assert rows[0].startswith("frame,label,area") and "intensity_mean" in rows[0] and len(rows) > len(movie)
     lab = tifffile.imread(out)
     assert lab.shape == movie.shape and lab.dtype == np.uint16
     assert set(np.unique(lab)) <= {0, 1, 2, 3} and {1, 2} <= set(np.unique(lab[0]))

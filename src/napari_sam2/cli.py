@@ -108,6 +108,15 @@ def _cmd_track(args: argparse.Namespace) -> int:
         bar.close()
     _write_labels(out, labels)
     print(f"{out}: {len(np.unique(labels)) - 1} objects over {labels.shape[0]} frames")
+    if args.ctc:
+        from napari_sam2.export import write_ctc
+
+        print(f"{write_ctc(args.ctc, labels)}: Cell Tracking Challenge result (mask*.tif, res_track.txt)")
+    if args.csv:
+        from napari_sam2.export import measurements_csv
+
+        frames = type("Frames", (), {"__getitem__": lambda _, t: source.raw(t)})()  # read one frame at a time
+        print(f"{measurements_csv(args.csv, labels, frames)}: per-object, per-frame measurements")
     return 0
 
 
@@ -314,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fill-holes", type=int, default=0, help="fill holes up to N pixels per object")
     t.add_argument("--min-size", type=int, default=0, help="drop fragments smaller than N pixels")
     t.add_argument("--embedding-cache", default=None, help="folder of precomputed embeddings (see embed)")
+    t.add_argument("--ctc", default=None, help="also write a Cell Tracking Challenge result folder here")
+    t.add_argument("--csv", default=None, help="also write per-object, per-frame measurements (CSV) here")
     t.set_defaults(func=_cmd_track)
 
     sg = sub.add_parser("segment", help="segment single images (a file or a folder of images)")
