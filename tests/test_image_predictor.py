@@ -99,3 +99,23 @@ def test_automatic_generator_records_and_track_all(tiny256, nuclei):
     assert out.shape == movie.shape and out.max() >= 1
     strict = SAM2AutomaticMaskGenerator(tiny256, points_per_side=4, pred_iou_thresh=1.01)
     assert strict.generate(movie[0]) == []
+
+
+def test_embedding_cached_by_content(tiny256):
+    from sam2_core.predictor.image import SAM2ImagePredictor
+
+    movie, _ = simulate_timelapse(n_frames=3, shape=(64, 64), n_cells=2, seed=9)
+    pred = SAM2ImagePredictor(tiny256, cache_size=2)
+    pred.set_image(movie[0])
+    first = pred.predict(point_coords=[[30, 30]], point_labels=[1])[2]
+    pred.set_image(movie[1])
+    pred.set_image(movie[0].copy())  # same content, another array: no encoder run
+    assert pred.encoded == 2
+    assert np.array_equal(pred.predict(point_coords=[[30, 30]], point_labels=[1])[2], first)
+    pred.set_image(movie[0], contrast_limits=(0, 1000))  # other preprocessing: a new embedding
+    pred.set_image(movie[2])  # evicts the oldest (cache_size=2)
+    pred.set_image(movie[1])
+    assert pred.encoded == 5
+    pred.clear_cache()
+    pred.set_image(movie[2])
+    assert pred.encoded == 6

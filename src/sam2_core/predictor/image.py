@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,11 +20,16 @@ class SAM2ImagePredictor:
     Args:
         model: a :class:`SAM2Model` (see :func:`sam2_core.build_sam2`).
         mask_threshold: logit threshold for binary masks.
+        cache_size: embeddings kept, keyed by the content of the model input (image, contrast,
+            channels): setting an image seen recently costs no encoder run. 0 disables.
     """
 
-    def __init__(self, model: SAM2Model, *, mask_threshold: float = 0.0) -> None:
+    def __init__(self, model: SAM2Model, *, mask_threshold: float = 0.0, cache_size: int = 4) -> None:
         self.model = model
         self.mask_threshold = mask_threshold
+        self.cache_size = cache_size
+        self._cache: OrderedDict[bytes, ImageFeatures] = OrderedDict()
+        self.encoded = 0  # images run through the encoder (cache misses)
         self.reset_predictor()
 
     @classmethod
@@ -87,10 +94,26 @@ class SAM2ImagePredictor:
     def set_model_input(self, x: torch.Tensor, orig_hw: list[tuple[int, int]]) -> None:
         """Embed already-preprocessed input (B, 3, S, S) whose originals had sizes ``orig_hw``."""
         self.reset_predictor()
-        self._features = self.model.encode_image(x)
+        key = hashlib.blake2b(x.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
+        key += str(tuple(x.shape)).encode()
+        features = self._cache.get(key)
+        if features is None:
+            features = self.model.encode_image(x)
+            self.encoded += 1
+            if self.cache_size > 0:
+                self._cache[key] = features
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        self._features = features
         self._image_embed = self.model.add_no_mem_embed(self._features.vision_features)
         self._orig_hw = [(int(h), int(w)) for h, w in orig_hw]
         self._is_image_set = True
+
+    def clear_cache(self) -> None:
+        """Forget cached embeddings (e.g. after changing the model's weights in place)."""
+        self._cache.clear()
 
     def get_image_embedding(self) -> torch.Tensor:
         """(B, C, h, w) embedding of the current image(s) (with the no-memory embedding)."""
