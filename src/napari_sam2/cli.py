@@ -149,7 +149,11 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     pred = SAM2ImagePredictor(model)
     for path in files:
         image = _read_image(path)
-        if gen is not None:
+        if gen is not None and args.tile and max(image.shape[:2]) > args.tile:
+            from sam2_core.tiling import segment_tiled
+
+            labels, _ = segment_tiled(gen, image, tile=args.tile, halo=args.halo)
+        elif gen is not None:
             labels = records_to_labels(gen.generate(image), image.shape[:2])
         else:
             pred.set_image(image)
@@ -332,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--out", required=True, help="output folder for *_labels.tif")
     sg.add_argument("--prompts", help="CSV/JSON prompts (frame ignored); default: automatic")
     sg.add_argument("--seeding", choices=["blobs", "grid"], default="blobs", help="automatic seeding mode")
+    sg.add_argument("--tile", type=int, default=2048,
+                    help="images larger than this are segmented in tiles of this size (0: never)")
+    sg.add_argument("--halo", type=int, default=128, help="tile overlap, wider than a cell (default: %(default)s)")
     sg.add_argument("--model", default="default")
     sg.add_argument("--device", default=None)
     sg.set_defaults(func=_cmd_segment)
