@@ -146,3 +146,13 @@ def test_cli_train_on_labelled_stack(tmp_path, capsys):
     assert build_sam2(checkpoint=tmp_path / "ft.pt", device="cpu").config == TINY
     assert main(args[:3] + ["--out", str(tmp_path / "x.pt")]) == 1  # labels missing
     assert "must pair up" in capsys.readouterr().err
+
+
+def test_bundled_recipe_runs_both_phases(tmp_path):
+    from sam2_core.train.recipe import train_bundled
+
+    hist = train_bundled(tmp_path / "d.pt", steps=3, progress=False)
+    assert len(hist) == 1  # phase B's log (phase A: 2 steps, in d.phaseA.pt)
+    a = torch.load(tmp_path / "d.phaseA.pt", weights_only=True)
+    assert a["step"] == 2 and a["train_config"]["clip_len"] == 1
+    assert build_sam2(checkpoint=tmp_path / "d.pt", device="cpu").config == DEFAULT_CONFIG

@@ -142,12 +142,14 @@ def train(
     resume: bool = True,
     progress: bool = True,
     callback=None,
+    until: int | None = None,
 ) -> list[dict[str, float]]:
     """Train ``model`` on clips drawn from ``data`` (``.sample(clip_len, max_objects)``).
 
     Writes ``out`` (Meta's format: ``{"model": state_dict}``, plus our config, the optimizer
     state and the step) every ``cfg.save_every`` steps and at the end; with ``resume`` an existing
-    ``out`` is continued from its step. Returns the per-step log (losses, lr, seconds).
+    ``out`` is continued from its step; ``until`` stops (and saves) at that step, keeping the
+    learning-rate schedule of ``cfg.steps``. Returns the per-step log (losses, lr, seconds).
     """
     out = Path(out)
     model.train()
@@ -174,7 +176,8 @@ def train(
         save_checkpoint(model, out, extra={"optimizer": opt.state_dict(), "step": step, "history": history,
                                            "train_config": _plain(asdict(cfg))})
 
-    for step in range(start, cfg.steps):
+    end = cfg.steps if until is None else min(until, cfg.steps)
+    for step in range(start, end):
         t0 = time.perf_counter()
         clip = data.sample(2 if step < cfg.short_clip_steps else cfg.clip_len, cfg.max_objects)
         for g in opt.param_groups:
@@ -198,7 +201,7 @@ def train(
             save(step + 1)
     if bar is not None:
         bar.close()
-    save(cfg.steps)
+    save(max(end, start))
     model.eval()
     return history
 
