@@ -40,7 +40,7 @@ def small_ckpt_path(tmp_path_factory, seeded_checkpoint):
 
 def test_help_and_usage_exit_codes(capsys):
     for cmd in ([], ["track", "--help"], ["segment", "--help"], ["models", "--help"], ["embed", "--help"],
-                ["demo", "--help"]):
+                ["demo", "--help"], ["batch", "--help"], ["train", "--help"], ["evaluate", "--help"]):
         code = main(cmd or ["--help"])
         assert code == 0
     assert main(["track"]) == 2  # missing arguments

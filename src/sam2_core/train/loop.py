@@ -107,13 +107,14 @@ def clip_forward(model: SAM2Model, clip: Clip, cfg: TrainConfig, rng: np.random.
     heads, losses = _prompt_frame(model, feats, clip, cfg, rng)
     memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # frame -> (maskmem (K,Cm,h,w), obj_ptr (K,C))
 
-    def remember(t: int, heads) -> None:
+    def remember(t: int, heads) -> torch.Tensor:
+        """Encode frame t's memory; returns the memory grid's encoding (the same for every frame)."""
         vision = feats.vision_features[t : t + 1].expand(k, -1, -1, -1)
         mem, pos = model.encode_memory(vision, heads.high_res_masks, heads.object_score_logits, binarize=False)
         memory[t] = (mem, heads.obj_ptr)
-        remember.pos = pos[0:1]
+        return pos[0:1]
 
-    remember(0, heads)
+    maskmem_pos = remember(0, heads)
     max_ptrs = model.max_obj_ptrs(None)
     for t in range(1, n_frames):
         spatial = [(memory[0][0], 0)]
@@ -121,7 +122,7 @@ def clip_forward(model: SAM2Model, clip: Clip, cfg: TrainConfig, rng: np.random.
                     if p in memory and p != 0]
         cond_ptrs, recent = mb.pointer_frames(t, [0], n_frames, max_ptrs, False, signed=model.config.is_v21)
         ptrs = [(memory[f][1], rel) for f, rel in cond_ptrs] + [(memory[f][1], rel) for f, rel in recent if f != 0]
-        mem, mem_pos, n_ptr = model.build_memory(spatial, remember.pos, ptrs, None)
+        mem, mem_pos, n_ptr = model.build_memory(spatial, maskmem_pos, ptrs, None)
         vision = feats.vision_features[t : t + 1].expand(k, -1, -1, -1)
         pix = model.condition_on_memory(vision, feats.vision_pos[t : t + 1].expand(k, -1, -1, -1), mem, mem_pos, n_ptr)
         high = [h[t : t + 1].expand(k, -1, -1, -1) for h in feats.high_res]

@@ -4,7 +4,7 @@ Two phases, both on simulated movies only (:mod:`sam2_core.simulate_cells`):
 
 A. single frames, 8 objects each (clicks, boxes, corrective clicks): the decoder learns to find
    *the clicked* cell. From scratch this takes ~1,100 steps before it starts (the network first
-   learns "every nucleus"), then improves quickly. Stopped at step 5,000 of a 20,000-step schedule.
+   learns "every nucleus"), then improves quickly. Stopped at step 4,000 of a 20,000-step schedule.
 B. clips of 4 frames, 6 objects, all prompt kinds: memory attention and the memory encoder learn
    to track, starting from phase A's weights.
 
@@ -25,7 +25,7 @@ from sam2_core.train.loop import TrainConfig, train
 
 PHASE_A = TrainConfig(steps=20000, lr=6e-4, warmup=200, clip_len=1, max_objects=8, prob_box=0.3, prob_mask=0.0,
                       prob_correct=0.3, save_every=250)
-PHASE_A_UNTIL = 5000
+PHASE_A_UNTIL = 4000
 PHASE_B = TrainConfig(steps=1000, lr=3e-4, warmup=50, clip_len=4, max_objects=6, prob_box=0.3, prob_mask=0.1,
                       prob_correct=0.3, save_every=100, seed=1)
 

@@ -1,0 +1,34 @@
+"""The model shipped in the package: loads as `default`, fits the size budget, and segments and
+tracks generated nuclei end to end (figures of the whole held-out set: docs/model-card.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sam2_core import build_sam2
+from sam2_core.build import bundled_checkpoint
+from sam2_core.config import DEFAULT_CONFIG
+
+pytestmark = pytest.mark.skipif(bundled_checkpoint() is None, reason="no bundled weights in this installation")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build_sam2("default", device="cpu")
+
+
+def test_bundled_file(model):
+    assert model.config == DEFAULT_CONFIG
+    assert bundled_checkpoint().stat().st_size < 25e6
+
+
+def test_bundled_model_on_held_out_movies(model):
+    from sam2_core.train.evaluate import evaluate
+
+    m = evaluate(model, n_movies=2, n_frames=12, max_objects=4, seed=20_000)
+    # well below the model card's figures on the full held-out set: this guards against a broken
+    # model or pipeline, not against small regressions
+    assert m.single_click_iou > 0.6, m
+    assert m.propagated_iou > 0.4, m
+    assert np.isfinite(m.seconds_per_frame)
