@@ -36,7 +36,6 @@ class _Cell:
     vy: float
     vx: float
     texture: np.ndarray  # (16, 16) smooth field in ~[-1, 1]
-    born: int
     parent: int = 0
     age: int = 0
 
@@ -52,13 +51,18 @@ class SimulatedMovie:
 
     def descendants(self, cell_id: int) -> set[int]:
         """``cell_id`` and every cell that descends from it."""
-        out, todo = {int(cell_id)}, [int(cell_id)]
-        while todo:
-            p = todo.pop()
-            kids = [int(t[0]) for t in self.tracks if t[3] == p]
-            out.update(kids)
-            todo.extend(kids)
-        return out
+        return descendants({int(t[0]): int(t[3]) for t in self.tracks if t[3] > 0}, cell_id)
+
+
+def descendants(parents: dict[int, int], cell_id: int) -> set[int]:
+    """``cell_id`` and every cell descending from it, given {child id: parent id}."""
+    out, todo = {int(cell_id)}, [int(cell_id)]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, q in parents.items() if q == p]
+        out.update(kids)
+        todo.extend(kids)
+    return out
 
 
 def _smooth_field(rng: np.random.Generator, n: int = 16, sigma: float = 2.0) -> np.ndarray:
@@ -129,7 +133,7 @@ def simulate_cells(
             harm=np.stack([rng.uniform(0, 0.12, 2), rng.uniform(0, 2 * np.pi, 2)], axis=1),
             bright=rng.uniform(0.35, 1.0), depth=rng.uniform(), texture=_smooth_field(rng),
             vy=s * np.sin(theta) if vy is None else vy, vx=s * np.cos(theta) if vx is None else vx,
-            born=t, parent=parent,
+            parent=parent,
         )
         parent_of[c.id] = parent
         next_id[0] += 1
@@ -149,7 +153,6 @@ def simulate_cells(
                   blur=rng.uniform(0.3, 1.8), photons=rng.uniform(30, 1500), read_noise=rng.uniform(1, 8),
                   offset=int(rng.choice([0, 100, 500, 1000, 2000]) + rng.integers(0, 100)),
                   bleach=rng.uniform(0, 0.03), background=rng.uniform(0.0, 0.25))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     bg = params["background"] * (0.5 + 0.5 * ndi.zoom(rng.uniform(size=(4, 4)), (h / 4, w / 4), order=3)[:h, :w])
     bg = np.clip(bg, 0, None).astype(np.float32)
     enter_rate = n_cells * speed / max(h, w) * 0.5

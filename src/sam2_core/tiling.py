@@ -13,7 +13,7 @@ wider than a cell, each cell is found whole in exactly one tile, never twice and
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,11 +124,6 @@ class TiledImagePredictor:
         return full, scores, low
 
 
-def iter_tile_images(image: np.ndarray, tile: int, halo: int) -> Iterator[tuple[Tile, np.ndarray]]:
-    for t in tile_grid(image.shape[0], image.shape[1], tile, halo):
-        yield t, image[t.slices()]
-
-
 def segment_tiled(generator: Any, image: np.ndarray, *, tile: int = 1024, halo: int = 128,
                   contrast_limits: Any = None, channels: Sequence[int] | None = None) -> tuple[np.ndarray, list[dict]]:
     """Automatic segmentation of a large image, tile by tile, stitched without duplicates or cuts.
@@ -147,7 +142,8 @@ def segment_tiled(generator: Any, image: np.ndarray, *, tile: int = 1024, halo: 
     h, w = image.shape[:2]
     limits = _limits(image, contrast_limits, channels)
     kept: list[tuple[Tile, dict]] = []
-    for t, crop in iter_tile_images(image, tile, halo):
+    for t in tile_grid(h, w, tile, halo):
+        crop = image[t.slices()]
         y0, y1, x0, x1 = t.outer
         cy0, cy1, cx0, cx1 = t.core
         for r in generator.generate(crop, contrast_limits=limits, channels=channels):

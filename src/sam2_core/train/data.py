@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from sam2_core import transforms as T
-from sam2_core.simulate_cells import SimulatedMovie, simulate_cells
+from sam2_core.simulate_cells import SimulatedMovie, descendants, simulate_cells
 
 
 @dataclass
@@ -37,13 +37,7 @@ class LabelledMovie:
 
     def family(self, cell_id: int) -> set[int]:
         """The id and its descendants (a tracked cell stays tracked through division)."""
-        out, todo = {cell_id}, [cell_id]
-        while todo:
-            p = todo.pop()
-            kids = [c for c, q in self.parents.items() if q == p]
-            out.update(kids)
-            todo.extend(kids)
-        return out
+        return descendants(self.parents, cell_id)
 
 
 def from_simulation(sim: SimulatedMovie) -> LabelledMovie:

@@ -157,9 +157,9 @@ def train(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
     if resume and out.is_file():
-        state, _ = read_checkpoint(out)
-        model.load_state_dict(state)
+        read_checkpoint(out)  # a clear error for a file that is not a checkpoint
         extra = torch.load(out, map_location="cpu", weights_only=True)
+        model.load_state_dict(extra["model"])
         if "optimizer" in extra:
             opt.load_state_dict(extra["optimizer"])
         start = int(extra.get("step", 0))
