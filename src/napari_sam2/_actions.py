@@ -35,6 +35,35 @@ def _notify(kind: str, msg: str) -> None:
     {"error": notifications.show_error, "warning": notifications.show_warning}.get(kind, notifications.show_info)(msg)
 
 
+class _download_progress:
+    """napari's progress bar for a model download (reports arrive on a worker thread)."""
+
+    def __init__(self, name: str) -> None:
+        from superqt.utils import ensure_main_thread
+
+        self.name, self.bar = name, None
+        self._update = ensure_main_thread(self._update_main)
+        self._close = ensure_main_thread(self._close_main)
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self._update(done, total)
+
+    def close(self) -> None:
+        self._close()
+
+    def _update_main(self, done: int, total: int | None) -> None:
+        from napari.utils import progress
+
+        if self.bar is None:
+            self.bar = progress(total=total, desc=f"downloading {self.name}", unit="B", unit_scale=True)
+        self.bar.update(done - self.bar.n)
+
+    def _close_main(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 class Controller:
     """State of the plugin on one viewer.
 
@@ -57,8 +86,13 @@ class Controller:
         self.output_name = NEW_LAYER
         self.worker = None
         self._pending: Callable | None = None
+        self._after: list[Callable[[], None]] = []  # run in order once no worker is running
+        self._quiet = False  # the running worker is a background prefetch
         self._history: ExitStack | None = None
         self._tracked_ids: list[int] = []
+        #: mask prompts {(frame, object id): (H, W) bool}: from "segment all" or a Labels layer
+        self._masks: dict[tuple[int, int], np.ndarray] = {}
+        self._pick_layers: list = []  # Labels layers whose picked label selects the object
         self.status_changed: Callable[[str], None] = lambda text: None
         self.busy_changed: Callable[[bool], None] = lambda busy: None
         self.object_changed: Callable[[int], None] = lambda oid: None
@@ -105,9 +139,12 @@ class Controller:
     # --- setup -------------------------------------------------------------------------------
 
     def set_image(self, layer, axis: int | None = None) -> None:
+        if axis is None and layer is not None:
+            axis = L.default_axis(layer.data.shape, list(self.viewer.dims.axis_labels)[-layer.ndim:], layer.rgb)
+        if layer is not self.image_layer or axis != self.axis:
+            self._masks.clear()  # their frame indices belong to the previous stack
         self.image_layer = layer
-        self.axis = axis if axis is not None else (
-            L.default_axis(layer.data.shape, list(self.viewer.dims.axis_labels)[-layer.ndim:], layer.rgb) if layer else None)
+        self.axis = axis
         if layer is not None:
             self.prompts_layer()
             self.status_changed(f"{layer.name}: click on an object (Control-click: negative).")
@@ -124,6 +161,9 @@ class Controller:
     def set_object(self, oid: int) -> None:
         self.object_id = int(oid)
         self._update_defaults()
+        labels = self.labels_layer(create=False)
+        if labels is not None and labels.selected_label != self.object_id:
+            labels.selected_label = self.object_id  # painting corrections use the same id and colour
 
     def set_negative(self, negative: bool) -> None:
         self.negative = bool(negative)
@@ -149,6 +189,7 @@ class Controller:
         boxes = self._layer(BOXES)
         if boxes is not None and len(boxes.data):
             ids += [int(i) for i in boxes.features[L.OBJECT_ID]]
+        ids += [obj for _, obj in self._masks]
         return sorted(set(ids))
 
     # --- layers ------------------------------------------------------------------------------
@@ -189,21 +230,36 @@ class Controller:
             )
             layer.mode = "add_rectangle"
             layer.events.data.connect(self._on_boxes_data)
+            self._update_defaults()  # the box belongs to the current object (not to id 0)
         return layer
 
     def labels_layer(self, create: bool = True):
         """The output Labels layer (a new one is made on first use)."""
         if self.output_name != NEW_LAYER and self.output_name in self.viewer.layers:
-            return self.viewer.layers[self.output_name]
-        layer = self._layer(LABELS)
-        if layer is None and create and self.image_layer is not None:
-            img = self.image_layer
-            nd = self._nd()
-            shape = img.data.shape[:nd]
-            layer = self.viewer.add_labels(np.zeros(shape, np.uint16), name=LABELS, scale=img.scale[:nd],
-                                           translate=img.translate[:nd], opacity=0.5)
-            self.viewer.layers.selection.active = self.prompts_layer()
+            layer = self.viewer.layers[self.output_name]
+        else:
+            layer = self._layer(LABELS)
+            if layer is None and create and self.image_layer is not None:
+                img = self.image_layer
+                nd = self._nd()
+                shape = img.data.shape[:nd]
+                layer = self.viewer.add_labels(np.zeros(shape, np.uint16), name=LABELS, scale=img.scale[:nd],
+                                               translate=img.translate[:nd], opacity=0.5)
+                layer.selected_label = self.object_id
+                self.viewer.layers.selection.active = self.prompts_layer()
+        if layer is not None and not any(lyr is layer for lyr in self._pick_layers):
+            self._pick_layers.append(layer)
+            layer.events.selected_label.connect(self._on_selected_label)
         return layer
+
+    def _on_selected_label(self, event) -> None:
+        """Picking a label in the output layer (its colour picker, or the label spin box) selects that object."""
+        oid = int(event.source.selected_label)
+        if oid > 0 and oid != self.object_id and not self._closed:
+            self.object_id = oid
+            self._update_defaults()
+            self.object_changed(oid)
+            self.status_changed(f"object {oid} selected: clicks now belong to it")
 
     def _update_defaults(self) -> None:
         layer = self._layer(PROMPTS)
@@ -294,11 +350,18 @@ class Controller:
     def _ensure_session(self) -> SegmentationSession:
         if self.session is None:
             name, ckpt, device = self.model_spec
-            model = load_model(name, ckpt or None, None if device == "auto" else device)
+            progress = _download_progress(name) if self.notify and not ckpt and name != "default" else None
+            try:
+                model = load_model(name, ckpt or None, None if device == "auto" else device,
+                                   progress=progress)
+            finally:
+                if progress is not None:
+                    progress.close()
             self.session = SegmentationSession(model)
         return self.session
 
     def _prompts(self, view: L.StackView):
+        """(points, boxes, masks) prompt dicts; a mask prompt gives way to clicks or a box on its frame."""
         pts = self._layer(PROMPTS)
         points = {}
         if pts is not None and len(pts.data):
@@ -309,7 +372,9 @@ class Controller:
             rects = [d for d, t in zip(shp.data, shp.shape_type) if t == "rectangle"]
             ids = [i for i, t in zip(shp.features[L.OBJECT_ID], shp.shape_type) if t == "rectangle"]
             boxes = L.rectangles_to_boxes(rects, ids, view)
-        return points, boxes
+        masks = {k: m for k, m in self._masks.items()
+                 if k not in points and k not in boxes and 0 <= k[0] < view.num_frames}
+        return points, boxes, masks
 
     def _check_ready(self) -> L.StackView | None:
         if self.image_layer is None or self.image_layer not in self.viewer.layers:
@@ -320,19 +385,20 @@ class Controller:
             self._fail("The chosen axis cannot be propagated along; choose a leading axis.")
         return view
 
-    def segment_current(self, frames: Sequence[int] | None = None) -> None:
+    def segment_current(self, frames: Sequence[int] | None = None,
+                        then: Callable[[], None] | None = None) -> None:
         """Apply the prompts and show the result on the frames that changed (instant feedback)."""
         view = self._check_ready()
         if view is None:
             return
         data = self.image_layer.data
         limits = self.image_layer.contrast_limits
-        points, boxes = self._prompts(view)
+        points, boxes, masks = self._prompts(view)
 
         def job():
             session = self._ensure_session()
             session.set_stack(data, view, contrast_limits=limits)
-            changed = session.sync_prompts(points, boxes)
+            changed = session.sync_prompts(points, boxes, masks)
             todo = sorted({f for f, _ in changed} | set(frames or []))
             return [(f, *session.frame_labels(f)) for f in todo]
 
@@ -345,17 +411,88 @@ class Controller:
                 self._write_frame(labels, view, f, lab, sorted(set(ids) | set(removed)))
             self._restyle_points()
             self.status_changed(f"segmented {len(results)} frame(s)")
+            if then is not None:
+                self._when_idle(then)
 
         self._run(job, done)
+
+    def segment_all(self, then: Callable[[], None] | None = None) -> None:
+        """Find every object on the shown frame automatically; each becomes a new object (mask prompt)."""
+        view = self._check_ready()
+        if view is None:
+            return
+        frame = self._current_frame(view)
+        data, limits = self.image_layer.data, self.image_layer.contrast_limits
+
+        def job():
+            from sam2_core.automatic import SAM2AutomaticMaskGenerator, records_to_labels
+
+            session = self._ensure_session()
+            image = view.stack_of(data)[frame]
+            with session.lock:
+                # thresholds below Meta's defaults: cells are low-contrast, few-pixel objects
+                gen = SAM2AutomaticMaskGenerator(session.model, seeding="blobs", pred_iou_thresh=0.5,
+                                                 stability_score_thresh=0.8)
+                records = gen.generate(image, contrast_limits=limits)
+            return records_to_labels(records, view.frame_shape)
+
+        def done(found: np.ndarray) -> None:
+            ids = [int(i) for i in np.unique(found) if i]
+            if not ids:
+                self._fail("No objects found on this frame: click on them instead, or try another frame.")
+                return
+            labels = self.labels_layer(create=False)
+            used = set(self._all_object_ids()) | set(self._tracked_ids)
+            if labels is not None and labels.data.size:
+                used.add(int(np.max(labels.data)))
+            first = max(used | {0}) + 1
+            for k, i in enumerate(ids):
+                self._masks[(frame, first + k)] = found == i
+            last = first + len(ids) - 1
+            self.status_changed(f"found {len(ids)} object(s) on frame {frame} (ids {first}-{last})")
+            self.segment_current(frames=[frame], then=then)
+
+        self._run(job, done)
+
+    def track_all(self, direction: str = "both", max_frames: int | None = None, tracks: bool = False) -> None:
+        """Segment every object on the shown frame, then propagate them all."""
+        self.segment_all(then=lambda: self.propagate(direction, max_frames=max_frames, tracks=tracks))
+
+    def use_labels_as_prompts(self, layer_name: str | None = None) -> None:
+        """Every label of a Labels layer on the shown frame becomes a mask prompt for that object id."""
+        from napari.layers import Labels
+
+        view = self._check_ready()
+        if view is None:
+            return
+        layer = self._layer(layer_name) if layer_name else self.labels_layer(create=False)
+        if not isinstance(layer, Labels):
+            self._fail("Choose a Labels layer whose labels should become mask prompts.")
+            return
+        if tuple(layer.data.shape[: self._nd()]) != tuple(view.shape):
+            self._fail(f"Labels layer {layer.name!r} has shape {layer.data.shape}, the image {view.shape}: "
+                       "they must match.")
+            return
+        frame = self._current_frame(view)
+        lab = np.asarray(layer.data[view.stack_index(frame)])
+        ids = [int(i) for i in np.unique(lab) if i]
+        if not ids:
+            self._fail(f"Labels layer {layer.name!r} has no labels on this frame: go to a labelled frame.")
+            return
+        for i in ids:
+            self._masks[(frame, i)] = lab == i
+        self.status_changed(f"{len(ids)} label(s) of {layer.name!r} on frame {frame} are now mask prompts")
+        self.segment_current(frames=[frame])
 
     def delete_object(self, oid: int) -> None:
         """Remove an object's prompts and its labels (one undo step)."""
         pts = self._layer(PROMPTS)
         if pts is not None and len(pts.data):
             keep = pts.features[L.OBJECT_ID].to_numpy() != oid
+            features = pts.features[keep].reset_index(drop=True)  # before napari resizes them with the data
             with pts.events.data.blocker():
                 pts.data = pts.data[keep]
-                pts.features = pts.features[keep].reset_index(drop=True)
+                pts.features = features
         shp = self._layer(BOXES)
         if shp is not None and len(shp.data):
             drop = set(np.nonzero(shp.features[L.OBJECT_ID].to_numpy() == oid)[0].tolist())
@@ -368,35 +505,47 @@ class Controller:
             idx = np.nonzero(labels.data == oid)
             if idx[0].size:
                 labels.data_setitem(idx, 0)
+        for key in [k for k in self._masks if k[1] == oid]:
+            del self._masks[key]
         if self.session is not None:
             self.session.remove_object(oid)
         self._tracked_ids = [i for i in self._tracked_ids if i != oid]
         self.status_changed(f"deleted object {oid}")
 
     def propagate(self, direction: str = "both", max_frames: int | None = None,
-                  obj_ids: Sequence[int] | None = None, tracks: bool = False) -> None:
-        """Track the prompted objects through the stack; frames stream into the Labels layer."""
+                  obj_ids: Sequence[int] | None = None, tracks: bool = False,
+                  start: int | str | None = "current") -> None:
+        """Track the prompted objects through the stack; frames stream into the Labels layer.
+
+        ``start``: the frame to propagate from: "current" (the shown frame), an index, or None
+        (the first frame carrying prompts).
+        """
         view = self._check_ready()
         if view is None:
             return
         if view.axis is None:
             self._fail("This image is 2-D: there is nothing to propagate along. Use the clicks to segment it.")
             return
-        points, boxes = self._prompts(view)
-        if not points and not boxes:
+        points, boxes, masks = self._prompts(view)
+        if not points and not boxes and not masks:
             self._fail("No prompts on this stack yet: click on an object first.")
             return
         if self.busy:
-            self._fail("Still working: wait, or press Cancel.")
+            if self._quiet or self._history is None:  # a prefetch or a click's segmentation: go next
+                self._when_idle(lambda: self.propagate(direction, max_frames, obj_ids, tracks, start))
+                self.status_changed("propagation starts when the current computation ends…")
+                return
+            self._fail("Still propagating: wait, or press Cancel.")
             return
         data, limits = self.image_layer.data, self.image_layer.contrast_limits
-        start = self._current_frame(view)
+        if start == "current":
+            start = self._current_frame(view)
         session_box: list = []
 
         def gen():
             session = self._ensure_session()
             session.set_stack(data, view, contrast_limits=limits)
-            session.sync_prompts(points, boxes)
+            session.sync_prompts(points, boxes, masks)
             session_box.append(session)
             yield ("total", session.frames_in(direction, start, max_frames))
             yield from session.propagate(direction, start, max_frames, obj_ids)
@@ -428,7 +577,8 @@ class Controller:
         self._run_generator(gen, on_frame, finished)
 
     def cancel(self) -> None:
-        """Stop the running propagation after the current frame."""
+        """Stop the running propagation after the current frame (and drop what was queued after it)."""
+        self._after.clear()
         if self.worker is not None and hasattr(self.worker, "quit"):
             self.worker.quit()
             self.status_changed("cancelling after this frame…")
@@ -529,7 +679,7 @@ class Controller:
         worker.returned.connect(returned)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
-        self._set_worker(worker)
+        self._set_worker(worker, quiet)
         worker.start()
 
     def _run_generator(self, gen: Callable, on_yield: Callable, finished: Callable) -> None:
@@ -568,9 +718,18 @@ class Controller:
         self._set_worker(worker)
         worker.start()
 
-    def _set_worker(self, worker) -> None:
+    def _when_idle(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` now, or after the running worker (and the job waiting for it) finished."""
+        if self.busy:
+            self._after.append(fn)
+        else:
+            fn()
+
+    def _set_worker(self, worker, quiet: bool = False) -> None:
         self.worker = worker
-        self.busy_changed(True)
+        self._quiet = quiet
+        if not quiet:  # a background prefetch does not make the widget look busy
+            self.busy_changed(True)
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -580,8 +739,11 @@ class Controller:
         pending, self._pending = self._pending, None
         if pending is not None:
             pending()
+        while self._after and not self.busy:
+            self._after.pop(0)()
 
     def _on_error(self, exc: Exception) -> None:
+        self._after.clear()  # what was to follow the failed job
         if self._history is not None:
             self._history.close()
             self._history = None
@@ -596,9 +758,12 @@ class Controller:
         self._closed = True
         self.cancel()
         self._pending = None
+        self._after.clear()
         self.status_changed = self.object_changed = self.negative_changed = lambda *_: None
         self.busy_changed = lambda *_: None
-        for fn in [lambda: self.viewer.dims.events.current_step.disconnect(self._on_step), *self.on_close]:
+        unpick = [lambda lyr=lyr: lyr.events.selected_label.disconnect(self._on_selected_label)
+                  for lyr in self._pick_layers]
+        for fn in [lambda: self.viewer.dims.events.current_step.disconnect(self._on_step), *unpick, *self.on_close]:
             try:
                 fn()
             except (TypeError, ValueError, RuntimeError):

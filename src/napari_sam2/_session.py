@@ -23,12 +23,21 @@ class ModelUnavailable(RuntimeError):
     """The chosen model cannot be loaded; the message says what to do."""
 
 
-def load_model(name: str = "default", checkpoint: str | None = None, device: str | None = None):
-    """Build a model for the plugin, turning every failure into one actionable message."""
+def load_model(name: str = "default", checkpoint: str | None = None, device: str | None = None,
+               progress: Any = None):
+    """Build a model for the plugin, turning every failure into one actionable message.
+
+    ``progress``: a ``(done_bytes, total_bytes)`` callable reporting the download of an official
+    model that is not cached yet (default: a text bar on stderr).
+    """
     from sam2_core import build_sam2
     from sam2_core.build import bundled_checkpoint
 
     try:
+        if not checkpoint and name != "default" and progress is not None:
+            from sam2_core import weights
+
+            weights.ensure_weights(name, progress=progress)  # downloads once, SHA-256 checked
         if checkpoint:
             return build_sam2(checkpoint=checkpoint, device=device)
         if name == "default" and bundled_checkpoint() is None:

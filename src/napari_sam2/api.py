@@ -42,8 +42,12 @@ def segment(viewer, image_layer, points_layer=None, labels_layer=None, **kwargs:
 
 def propagate(viewer, image_layer, points_layer=None, labels_layer=None, *, direction: str = "both",
               max_frames: int | None = None, obj_ids: Sequence[int] | None = None, tracks: bool = False,
-              **kwargs: Any):
-    """Propagate the prompted objects through the stack; returns the Labels layer."""
+              start: int | str | None = None, **kwargs: Any):
+    """Propagate the prompted objects through the stack; returns the Labels layer.
+
+    ``start``: the frame to propagate from; None (default) is the first frame with prompts,
+    "current" the frame the viewer shows.
+    """
     c = _controller(viewer, image_layer, points_layer, labels_layer, **kwargs)
-    c.propagate(direction, max_frames=max_frames, obj_ids=obj_ids, tracks=tracks)
+    c.propagate(direction, max_frames=max_frames, obj_ids=obj_ids, tracks=tracks, start=start)
     return c.labels_layer()
