@@ -26,6 +26,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_image_encoder.py
 	$(PY) benchmarks/bench_bundled.py
+	$(PY) benchmarks/bench_image.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
