@@ -11,6 +11,7 @@ import pytest
 import tifffile
 
 from napari_sam2.cli import main
+from napari_sam2.export import read_labels_info, write_labels_tiff
 from napari_sam2.prompts_io import PromptFileError, read_prompts
 from sam2_core.simulate import simulate_timelapse
 
@@ -61,14 +62,28 @@ def test_track_csv_to_tiff_and_zarr(workdir, capsys):
     assert set(np.unique(lab)) <= {0, 1, 2, 3} and {1, 2} <= set(np.unique(lab[0]))
     with tifffile.TiffFile(out) as tf:
         assert tf.is_imagej
+    assert read_labels_info(out)["speed"] == "exact" and read_labels_info(out)["precision"] == "fp32"
+    assert json.loads((d / "ctc" / "napari-sam2.json").read_text())["speed"] == "exact"
     assert "labels.tif" in capsys.readouterr().out
     zout = d / "labels.zarr"
     assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(zout),
-                 "--model", ckpt, "--max-frames", "2", "--direction", "forward"]) == 0
+                 "--model", ckpt, "--max-frames", "2", "--direction", "forward", "--speed", "fast"]) == 0
     import zarr
 
     z = zarr.open(str(zout), mode="r")
     assert z.shape == movie.shape and z[4].max() == 0  # only frames 0..2 tracked
+    assert z.attrs["napari_sam2"]["speed"] == "fast" and "(fast mode)" in capsys.readouterr().out
+
+
+def test_labels_info_in_32_bit_tiff(tmp_path):
+    info = {"speed": "fast", "model": "x"}
+    big = np.zeros((2, 8, 8), np.uint32)
+    big[0, 0, 0] = 70000
+    write_labels_tiff(tmp_path / "big.tif", big, info=info)
+    assert read_labels_info(tmp_path / "big.tif") == info
+    assert tifffile.imread(tmp_path / "big.tif").max() == 70000
+    write_labels_tiff(tmp_path / "plain.tif", big[:, :4] * 0)
+    assert read_labels_info(tmp_path / "plain.tif") is None
 
 
 def test_json_prompts(workdir, tmp_path):

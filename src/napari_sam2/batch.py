@@ -118,7 +118,7 @@ def read_manifest(path: str | os.PathLike) -> list[Job]:
 
 
 def run_job(job: Job, model: str = "default", device: str | None = None, threads: int | None = None,
-            force: bool = False) -> JobResult:
+            force: bool = False, speed: str = "exact") -> JobResult:
     """Track one movie; never raises (a failure is returned as status "failed")."""
     t0 = time.perf_counter()
     if Path(job.out).exists() and not force:
@@ -140,7 +140,7 @@ def run_job(job: Job, model: str = "default", device: str | None = None, threads
         if not out.parent.is_dir():
             raise FileNotFoundError(f"output folder {out.parent} does not exist")
         source = FrameSource(job.movie, channels=job.channels)
-        predictor = SAM2VideoPredictor(_build(job.model or model, device))
+        predictor = SAM2VideoPredictor(_build(job.model or model, device), speed=speed)
         if job.prompts:
             prompts = read_prompts(job.prompts)
             check_prompts(prompts, source.num_frames, source.height, source.width)
@@ -150,7 +150,7 @@ def run_job(job: Job, model: str = "default", device: str | None = None, threads
 
             labels = track_all(source, job.seed_frame, model=predictor, direction=job.direction,
                                max_frames=job.max_frames)
-        _write_labels(out, labels)
+        _write_labels(out, labels, predictor.provenance())
         return JobResult(job.movie, job.out, "done", time.perf_counter() - t0, len(np.unique(labels)) - 1)
     except Exception as e:  # reported, the batch goes on
         return JobResult(job.movie, job.out, "failed", time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")
@@ -166,6 +166,7 @@ def run_batch(
     device: str | None = None,
     threads: int | None = None,
     force: bool = False,
+    speed: str = "exact",
     on_result=None,
 ) -> list[JobResult]:
     """Run every job: in this process (``workers=1``), a local process pool, or on Dask.
@@ -173,7 +174,7 @@ def run_batch(
     ``scheduler`` connects to a running Dask scheduler; ``dask_workers`` starts a local Dask
     cluster on 127.0.0.1 with that many single-threaded worker processes. One task per movie.
     """
-    kw = dict(model=model, device=device, threads=threads, force=force)
+    kw = dict(model=model, device=device, threads=threads, force=force, speed=speed)
     results: list[JobResult] = []
 
     def done(r: JobResult) -> None:

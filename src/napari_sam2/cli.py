@@ -39,12 +39,22 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="frame", file=sys.stderr, mininterval=0.5)
 
 
-def _write_labels(out: Path, labels) -> None:
+#: Help for the speed choice (here and in the widget), with fast mode's measured fidelity
+#: (benchmarks/bench_fast.py; docs/engine.md has the details).
+SPEED_HELP = ("exact: Meta's computation, every object attends over the whole image. fast: each object is "
+              "tracked in a window around it, for dense fields of small cells; FIDELITY_PENDING")
+
+
+def _speed_help() -> str:
+    return SPEED_HELP.replace("%", "%%") + " (default: %(default)s)"
+
+
+def _write_labels(out: Path, labels, info: dict | None = None) -> None:
     from napari_sam2.export import write_labels_tiff
 
     suffix = out.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        write_labels_tiff(out, labels)
+        write_labels_tiff(out, labels, info=info)
     elif suffix == ".zarr" or out.name.endswith(".zarr"):
         import shutil
         import tempfile
@@ -56,6 +66,8 @@ def _write_labels(out: Path, labels) -> None:
             z = zarr.open(str(tmp / "data.zarr"), mode="w", shape=labels.shape, dtype=labels.dtype,
                           chunks=(1, *labels.shape[1:]))
             z[:] = labels
+            if info:
+                z.attrs["napari_sam2"] = info
             if out.exists():
                 shutil.rmtree(out)
             (tmp / "data.zarr").rename(out)
@@ -90,7 +102,7 @@ def _cmd_track(args: argparse.Namespace) -> int:
         prompts = read_prompts(args.prompts)
         check_prompts(prompts, source.num_frames, source.height, source.width)
     model = _build(args.model, args.device)
-    predictor = SAM2VideoPredictor(model)
+    predictor = SAM2VideoPredictor(model, speed=args.speed, compile=args.compile)
     bar = _progress_bar(source.num_frames, "tracking")
     progress = lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n))  # noqa: E731
     try:
@@ -106,12 +118,13 @@ def _cmd_track(args: argparse.Namespace) -> int:
                            embedding_cache=args.embedding_cache, progress=progress)
     finally:
         bar.close()
-    _write_labels(out, labels)
-    print(f"{out}: {len(np.unique(labels)) - 1} objects over {labels.shape[0]} frames")
+    info = predictor.provenance()
+    _write_labels(out, labels, info)
+    print(f"{out}: {len(np.unique(labels)) - 1} objects over {labels.shape[0]} frames ({args.speed} mode)")
     if args.ctc:
         from napari_sam2.export import write_ctc
 
-        print(f"{write_ctc(args.ctc, labels)}: Cell Tracking Challenge result (mask*.tif, res_track.txt)")
+        print(f"{write_ctc(args.ctc, labels, info)}: Cell Tracking Challenge result (mask*.tif, res_track.txt)")
     if args.csv:
         from napari_sam2.export import measurements_csv
 
@@ -268,7 +281,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     results = run_batch(jobs, workers=args.workers, scheduler=args.scheduler, dask_workers=args.dask_workers,
                         model=args.model, device=args.device, threads=args.threads, force=args.force,
-                        on_result=report)
+                        speed=args.speed, on_result=report)
     if args.report:
         write_report(args.report, results)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
@@ -318,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="labels output: .tif/.tiff (ImageJ) or .zarr")
     t.add_argument("--model", default="default", help="model name or checkpoint file (default: %(default)s)")
     t.add_argument("--direction", choices=["forward", "backward", "both"], default="both")
+    t.add_argument("--speed", choices=["exact", "fast"], default="exact", help=_speed_help())
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the image encoder and memory attention (slow first frame; optional)")
     t.add_argument("--max-frames", type=int, default=None, help="track at most N frames from the start frame")
     t.add_argument("--auto", action="store_true", help="seed every object automatically on --seed-frame")
     t.add_argument("--seed-frame", type=int, default=0)
@@ -358,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)")
     b.add_argument("--dask-workers", type=int, default=None, help="start a local Dask cluster with N workers")
     b.add_argument("--model", default="default", help="model for jobs that name none")
+    b.add_argument("--speed", choices=["exact", "fast"], default="exact", help=_speed_help())
     b.add_argument("--device", default=None)
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
     b.add_argument("--force", action="store_true", help="redo jobs whose output exists")

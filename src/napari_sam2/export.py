@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -16,8 +17,14 @@ def _atomic_path(path: Path) -> Path:
     return Path(tmp)
 
 
-def write_labels_tiff(path: str | os.PathLike, labels: np.ndarray, axes: str | None = None) -> Path:
-    """ImageJ-compatible TIFF of a labels stack, written to a temporary name then renamed."""
+def write_labels_tiff(path: str | os.PathLike, labels: np.ndarray, axes: str | None = None,
+                      info: dict | None = None) -> Path:
+    """ImageJ-compatible TIFF of a labels stack, written to a temporary name then renamed.
+
+    ``info`` (e.g. the predictor's provenance: model, speed mode, precision) is stored as JSON:
+    in ImageJ's "Info" property, or in the description of a plain (32-bit) TIFF; read it back
+    with :func:`read_labels_info`.
+    """
     import tifffile
 
     path = Path(path)
@@ -27,14 +34,27 @@ def write_labels_tiff(path: str | os.PathLike, labels: np.ndarray, axes: str | N
     axes = axes or {2: "YX", 3: "TYX", 4: "TZYX"}.get(labels.ndim)
     tmp = _atomic_path(path)
     try:
+        text = json.dumps(info) if info else None
         if labels.dtype in (np.uint8, np.uint16) and axes:
-            tifffile.imwrite(tmp, labels, imagej=True, metadata={"axes": axes})
+            tifffile.imwrite(tmp, labels, imagej=True, metadata={"axes": axes, **({"Info": text} if text else {})})
         else:  # ImageJ has no 32-bit integer labels: a plain TIFF keeps them exact
-            tifffile.imwrite(tmp, labels, metadata={"axes": axes} if axes else None)
+            meta = {**({"axes": axes} if axes else {}), **({"napari_sam2": text} if text else {})}
+            tifffile.imwrite(tmp, labels, metadata=meta or None)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def read_labels_info(path: str | os.PathLike) -> dict | None:
+    """The ``info`` dict that :func:`write_labels_tiff` stored, or None."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        text = (tif.imagej_metadata or {}).get("Info")
+        if text is None and tif.shaped_metadata:
+            text = tif.shaped_metadata[0].get("napari_sam2")
+    return json.loads(text) if text else None
 
 
 def ctc_tracks(labels: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
@@ -68,8 +88,11 @@ def ctc_tracks(labels: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int, int
     return out, sorted(records)
 
 
-def write_ctc(folder: str | os.PathLike, labels: np.ndarray) -> Path:
-    """Cell Tracking Challenge result folder: mask000.tif ... and res_track.txt."""
+def write_ctc(folder: str | os.PathLike, labels: np.ndarray, info: dict | None = None) -> Path:
+    """Cell Tracking Challenge result folder: mask000.tif ... and res_track.txt.
+
+    ``info`` (what produced the result) goes to napari-sam2.json beside them.
+    """
     import tifffile
 
     folder = Path(folder)
@@ -80,6 +103,8 @@ def write_ctc(folder: str | os.PathLike, labels: np.ndarray) -> Path:
         for t, frame in enumerate(relabelled):
             tifffile.imwrite(tmp / f"mask{t:0{digits}d}.tif", frame.astype(np.uint16))
         (tmp / "res_track.txt").write_text("".join(f"{l} {b} {e} {p}\n" for l, b, e, p in records))
+        if info:
+            (tmp / "napari-sam2.json").write_text(json.dumps(info, indent=1))
         if folder.exists():
             import shutil
 

@@ -6,8 +6,29 @@ from sam2_core.config import OFFICIAL_CONFIGS, HieraConfig, SAM2Config
 from sam2_core.modeling.sam2 import SAM2Model
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "SAM2VideoPredictor": "sam2_core.predictor.video",
+    "SAM2ImagePredictor": "sam2_core.predictor.image",
+    "SAM2AutomaticMaskGenerator": "sam2_core.automatic",
+    "track_all": "sam2_core.automatic",
+}
+
+
+def __getattr__(name: str):
+    """The predictors and ``track_all`` on first use (``sam2_core.track.track`` is the module's)."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sam2_core' has no attribute {name!r}")
+
+
 __all__ = [
     "OFFICIAL_CONFIGS",
+    "SAM2AutomaticMaskGenerator",
+    "SAM2ImagePredictor",
+    "SAM2VideoPredictor",
     "CheckpointError",
     "HieraConfig",
     "SAM2Config",
@@ -16,4 +37,5 @@ __all__ = [
     "list_models",
     "save_checkpoint",
     "select_device",
+    "track_all",
 ]

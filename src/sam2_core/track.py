@@ -191,6 +191,7 @@ def track(
     embedding_cache: Any = None,
     out: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    speed: str | None = None,
 ) -> Any:
     """Track prompted objects through a stack; returns (T, Y, X) labels of object ids.
 
@@ -204,10 +205,12 @@ def track(
         out: an array-like (T, Y, X) to write into (e.g. a zarr array for huge stacks);
             default a new uint16 (uint32 past 65535 ids) numpy array. Untracked frames stay 0.
         progress: called as ``progress(done, total)`` after each frame.
+        speed: "exact" (default) or "fast" (local windows; see ``SAM2VideoPredictor``); None
+            keeps a given predictor's own mode.
     """
     from sam2_core.predictor.video import SAM2VideoPredictor
 
-    predictor = _as_predictor(model, device)
+    predictor = _as_predictor(model, device, speed)
     state = predictor.init_state(frames, contrast_limits=contrast_limits, channels=channels,
                                  channel_axis=channel_axis, embedding_cache=embedding_cache)
     prompts = as_prompts(prompts)
@@ -228,7 +231,11 @@ def track(
     return out
 
 
-def _as_predictor(model: Any, device: str | None):
+def _as_predictor(model: Any, device: str | None, speed: str | None = None):
+    """A video predictor from a predictor, a model, a checkpoint path or a model name.
+
+    A given predictor is used as it is unless ``speed`` asks for another mode.
+    """
     import os
 
     from sam2_core.build import build_sam2
@@ -236,12 +243,13 @@ def _as_predictor(model: Any, device: str | None):
     from sam2_core.predictor.video import SAM2VideoPredictor
 
     if isinstance(model, SAM2VideoPredictor):
-        return model
-    if isinstance(model, SAM2Model):
-        return SAM2VideoPredictor(model)
-    if os.path.isfile(str(model)):
-        return SAM2VideoPredictor(build_sam2(checkpoint=model, device=device))
-    return SAM2VideoPredictor(build_sam2(str(model), device=device))
+        if speed is None or speed == model.speed:
+            return model
+        model = model.model
+    if not isinstance(model, SAM2Model):
+        path = str(model)
+        model = build_sam2(checkpoint=path, device=device) if os.path.isfile(path) else build_sam2(path, device=device)
+    return SAM2VideoPredictor(model, speed=speed or "exact")
 
 
 def track_4d(

@@ -77,7 +77,7 @@ class MaskDecoder(nn.Module):
 
         Args:
             image_embeddings: (B or 1, C, h, w).
-            image_pe: (1, C, h, w).
+            image_pe: (1 or B, C, h, w) (B: per-prompt windows of the grid).
             sparse_prompt_embeddings: (B, N, C).
             dense_prompt_embeddings: (B, C, h, w).
             multimask_output: return the 3 multimask outputs instead of the single one.
@@ -132,7 +132,7 @@ class MaskDecoder(nn.Module):
                 )
             src = image_embeddings
         src = src + dense
-        pos_src = torch.repeat_interleave(image_pe, b, dim=0)
+        pos_src = image_pe if image_pe.shape[0] == b else torch.repeat_interleave(image_pe, b, dim=0)
         _, c, h, w = src.shape
         hs, src = self.transformer(src, pos_src, tokens)
         iou_token_out = hs[:, 1, :]

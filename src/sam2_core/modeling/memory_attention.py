@@ -2,15 +2,24 @@
 
 Self-attention over the current frame and cross-attention to memory tokens, both with 2-D axial
 RoPE; the trailing object-pointer tokens of the memory are left unrotated.
+
+Queries and memories normally cover the whole feature grid (one table, repeated over memory
+frames). For windows of the grid (local tracking) the caller passes explicit tables, built from
+each token's true grid coordinates (:func:`window_rope_tables`).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 from torch import nn
 
 from sam2_core.modeling.common import Attention
-from sam2_core.modeling.position_encoding import apply_rope, axial_rope_tables
+from sam2_core.modeling.position_encoding import apply_rope, axial_rope_tables, window_rope_tables
+
+#: (cos, sin) RoPE tables, each (N, d/2) shared or (B, N, d/2) per batch item.
+RopeTables = tuple[torch.Tensor, torch.Tensor]
 
 
 class RoPEAttention(Attention):
@@ -55,21 +64,27 @@ class RoPEAttention(Attention):
         *,
         feat_hw: tuple[int, int],
         num_k_exclude_rope: int = 0,
+        rope: tuple[RopeTables, RopeTables] | None = None,
     ) -> torch.Tensor:
-        """q: (B, H*W, C); k, v: (B, Nk, kv_in_dim) -> (B, H*W, C).
+        """q: (B, Nq, C); k, v: (B, Nk, kv_in_dim) -> (B, Nq, C).
 
         Args:
-            feat_hw: the (H, W) grid of the query tokens (row-major).
+            feat_hw: the (H, W) grid of the query tokens (row-major), Nq = H*W.
             num_k_exclude_rope: number of trailing keys (object pointers) left unrotated.
+            rope: explicit (query tables, key tables) for tokens that are not one whole grid;
+                the key tables cover the Nk - num_k_exclude_rope rotated keys.
         """
         q, k, v = self._project(q, k, v)
-        cos, sin = self.rope_tables(feat_hw, q.device)
-        if q.shape[-2] != k.shape[-2] and not self.rope_k_repeat:
-            raise ValueError("keys and queries differ in length but rope_k_repeat is off")
-        q = apply_rope(q, cos, sin)
+        if rope is None:
+            if q.shape[-2] != k.shape[-2] and not self.rope_k_repeat:
+                raise ValueError("keys and queries differ in length but rope_k_repeat is off")
+            q_tab = k_tab = self.rope_tables(feat_hw, q.device)
+        else:
+            q_tab, k_tab = rope
+        q = apply_rope(q, *q_tab)
         n_rope = k.shape[-2] - num_k_exclude_rope
         if n_rope > 0:
-            k_rot = apply_rope(k[:, :, :n_rope], cos, sin)
+            k_rot = apply_rope(k[:, :, :n_rope], *k_tab)
             k = torch.cat([k_rot, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope else k_rot
         return self._attend(q, k, v)
 
@@ -109,10 +124,15 @@ class MemoryAttentionLayer(nn.Module):
         *,
         feat_hw: tuple[int, int],
         num_k_exclude_rope: int = 0,
+        rope: tuple[RopeTables, RopeTables] | None = None,
     ) -> torch.Tensor:
-        """tgt (B, HW, C); memory, memory_pos (B, M, mem_dim) -> (B, HW, C)."""
+        """tgt (B, HW, C); memory, memory_pos (B, M, mem_dim) -> (B, HW, C).
+
+        ``rope``: explicit (query, memory) tables, see :meth:`RoPEAttention.forward`.
+        """
         t = self.norm1(tgt)
-        tgt = tgt + self.dropout1(self.self_attn(t, t, t, feat_hw=feat_hw))
+        self_rope = None if rope is None else (rope[0], rope[0])
+        tgt = tgt + self.dropout1(self.self_attn(t, t, t, feat_hw=feat_hw, rope=self_rope))
         t = self.norm2(tgt)
         t = self.cross_attn_image(
             t,
@@ -120,6 +140,7 @@ class MemoryAttentionLayer(nn.Module):
             memory,
             feat_hw=feat_hw,
             num_k_exclude_rope=num_k_exclude_rope,
+            rope=rope,
         )
         tgt = tgt + self.dropout2(t)
         t = self.norm3(tgt)
@@ -147,6 +168,22 @@ class MemoryAttention(nn.Module):
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(d_model)
+        self._window_tables: OrderedDict[tuple, RopeTables] = OrderedDict()
+
+    def window_rope(self, window: tuple[int, int, int, int], device: torch.device) -> RopeTables:
+        """RoPE tables for the tokens of a window (y0, x0, h, w) of the feature grid (cached)."""
+        key = (*window, str(device))
+        tables = self._window_tables.get(key)
+        if tables is None:
+            attn = self.layers[0].self_attn
+            head_dim = attn.internal_dim // attn.num_heads
+            tables = window_rope_tables(head_dim, window, attn.rope_theta, device=device)
+            self._window_tables[key] = tables
+            if len(self._window_tables) > 512:
+                self._window_tables.popitem(last=False)
+        else:
+            self._window_tables.move_to_end(key)
+        return tables
 
     def forward(
         self,
@@ -157,6 +194,7 @@ class MemoryAttention(nn.Module):
         *,
         feat_hw: tuple[int, int],
         num_obj_ptr_tokens: int = 0,
+        rope: tuple[RopeTables, RopeTables] | None = None,
     ) -> torch.Tensor:
         """Condition current features on memory.
 
@@ -166,6 +204,7 @@ class MemoryAttention(nn.Module):
             memory: (B, M, mem_dim) spatial memory tokens followed by object-pointer tokens.
             memory_pos: (B, M, mem_dim) positional + temporal encodings of the memory.
             num_obj_ptr_tokens: how many trailing memory tokens are object pointers.
+            rope: explicit RoPE tables (queries, spatial memory tokens) for windowed tokens.
 
         Returns:
             (B, H*W, C) memory-conditioned features.
@@ -175,6 +214,6 @@ class MemoryAttention(nn.Module):
         out = curr + 0.1 * curr_pos
         for layer in self.layers:
             out = layer(
-                out, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_obj_ptr_tokens
+                out, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_obj_ptr_tokens, rope=rope
             )
         return self.norm(out)

@@ -106,27 +106,54 @@ def axial_rope_tables(
     Returns:
         (cos, sin), each (end_x * end_y, dim / 2) float32.
     """
-    k = torch.arange(0, dim, 4, device=device)[: dim // 4].float()
-    freqs = 1.0 / (theta ** (k / dim))  # (dim/4,)
     t = torch.arange(end_x * end_y, dtype=torch.float32, device=device)
-    t_x = t % end_x
-    t_y = torch.div(t, end_x, rounding_mode="floor")
-    angles = torch.cat([torch.outer(t_x, freqs), torch.outer(t_y, freqs)], dim=-1)  # (N, dim/2)
+    return rope_tables_at(dim, t % end_x, torch.div(t, end_x, rounding_mode="floor"), theta)
+
+
+def rope_tables_at(
+    dim: int, xs: torch.Tensor, ys: torch.Tensor, theta: float = 10000.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Axial RoPE tables for tokens at grid columns ``xs`` and rows ``ys`` (each (N,)).
+
+    Used for a window of the feature grid: its tokens keep their true coordinates, so a window's
+    queries and memories stored at other windows rotate exactly as on the full grid.
+
+    Returns:
+        (cos, sin), each (N, dim / 2) float32.
+    """
+    k = torch.arange(0, dim, 4, device=xs.device)[: dim // 4].float()
+    freqs = 1.0 / (theta ** (k / dim))  # (dim/4,)
+    angles = torch.cat([torch.outer(xs.float(), freqs), torch.outer(ys.float(), freqs)], dim=-1)
     return torch.cos(angles), torch.sin(angles)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs of the last axis of x (B, h, N, d) by the (N', d/2) tables.
+def window_rope_tables(
+    dim: int, window: tuple[int, int, int, int], theta: float = 10000.0, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables (h*w, dim/2) of the row-major tokens of window (y0, x0, h, w) of a grid."""
+    y0, x0, h, w = window
+    t = torch.arange(h * w, dtype=torch.float32, device=device)
+    return rope_tables_at(dim, x0 + t % w, y0 + torch.div(t, w, rounding_mode="floor"), theta)
 
-    N must be a multiple of N' (the tables repeat, e.g. over several memory frames). Computed in
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of the last axis of x (B, h, N, d) by (N', d/2) or (B, N, d/2) tables.
+
+    Shared (N', d/2) tables may repeat (N a multiple of N', e.g. over several memory frames);
+    per-item (B, N, d/2) tables give each batch item its own token positions. Computed in
     float32 with real arithmetic (works on every device) and cast back to x's dtype.
     """
     n = x.shape[-2]
-    reps = n // cos.shape[0]
-    if reps * cos.shape[0] != n:
-        raise ValueError(f"RoPE table of {cos.shape[0]} positions cannot cover {n} tokens")
-    if reps > 1:
-        cos, sin = cos.repeat(reps, 1), sin.repeat(reps, 1)
+    if cos.ndim == 3:
+        if cos.shape[-2] != n:
+            raise ValueError(f"per-item RoPE tables of {cos.shape[-2]} positions for {n} tokens")
+        cos, sin = cos[:, None], sin[:, None]
+    else:
+        reps = n // cos.shape[0]
+        if reps * cos.shape[0] != n:
+            raise ValueError(f"RoPE table of {cos.shape[0]} positions cannot cover {n} tokens")
+        if reps > 1:
+            cos, sin = cos.repeat(reps, 1), sin.repeat(reps, 1)
     xf = x.float().reshape(*x.shape[:-1], -1, 2)
     xr, xi = xf[..., 0], xf[..., 1]
     out = torch.stack((xr * cos - xi * sin, xr * sin + xi * cos), dim=-1).flatten(-2)

@@ -171,16 +171,21 @@ class SAM2Model(nn.Module):
         mask_inputs: torch.Tensor | None = None,
         high_res_features: list[torch.Tensor] | None = None,
         multimask_output: bool = False,
+        image_pe: torch.Tensor | None = None,
     ) -> HeadsOutput:
         """Prompt encoder + decoder for B objects, gated by the object score.
 
         Args:
-            backbone_features: (B, C, h, w) (memory-conditioned, or + no_mem_embed).
+            backbone_features: (B, C, h, w) (memory-conditioned, or + no_mem_embed); a window
+                of the feature grid when ``image_pe`` is given.
             point_coords: (B, N, 2) (x, y) in model pixels; None = no clicks.
             point_labels: (B, N).
             mask_inputs: (B, 1, H', W') logits; resized to (4h, 4w) if needed.
             high_res_features: decoder skips, batch B.
             multimask_output: 3 candidates and a best-IoU pick, else one mask.
+            image_pe: (B, C, h, w) dense positional encoding of each item's window (crops of
+                ``sam_prompt_encoder.get_dense_pe()``); default the whole grid's. Windows take
+                no clicks or mask prompts (tracking steps only).
         """
         b = backbone_features.shape[0]
         dev = backbone_features.device
@@ -199,9 +204,15 @@ class SAM2Model(nn.Module):
                     antialias=True,
                 )
         sparse, dense = self.sam_prompt_encoder((point_coords, point_labels), None, mask_prompt)
+        if image_pe is None:
+            image_pe = self.sam_prompt_encoder.get_dense_pe()
+        elif mask_prompt is not None:
+            raise ValueError("mask prompts need the whole feature grid (image_pe=None)")
+        if dense.shape[-2:] != backbone_features.shape[-2:]:  # no-mask embedding, broadcast
+            dense = dense[:, :, :1, :1].expand(-1, -1, *backbone_features.shape[-2:])
         low_res_multi, ious, tokens, obj_logits = self.sam_mask_decoder(
             backbone_features,
-            self.sam_prompt_encoder.get_dense_pe(),
+            image_pe,
             sparse,
             dense,
             multimask_output=multimask_output,
@@ -211,7 +222,8 @@ class SAM2Model(nn.Module):
         present = obj_logits > 0  # (B, 1)
         low_res_multi = torch.where(present[:, None, None], low_res_multi, NO_OBJ_SCORE).float()
         high_res_multi = F.interpolate(
-            low_res_multi, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            low_res_multi, size=(4 * low_res_multi.shape[-2], 4 * low_res_multi.shape[-1]),
+            mode="bilinear", align_corners=False,
         )
         token = tokens[:, 0]
         if multimask_output:
@@ -306,7 +318,7 @@ class SAM2Model(nn.Module):
     def build_memory(
         self,
         spatial: list[tuple[torch.Tensor, int]],
-        maskmem_pos: torch.Tensor,
+        maskmem_pos: torch.Tensor | list[torch.Tensor],
         pointers: list[tuple[torch.Tensor, int]],
         num_frames: int | None,
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -315,7 +327,8 @@ class SAM2Model(nn.Module):
         Args:
             spatial: (maskmem_features (B, mem_dim, h, w), t_pos) per memory frame; t_pos 0 for
                 conditioning frames, 1..num_maskmem-1 for recent ones (num_maskmem-1 = adjacent).
-            maskmem_pos: (1 or B, mem_dim, h, w) sine encoding of the memory grid.
+            maskmem_pos: (1 or B, mem_dim, h, w) sine encoding of the memory grid, or one such
+                tensor per spatial entry (memories stored at windows of the grid).
             pointers: (obj_ptr (B, d_model), signed frame offset) per object-pointer frame.
             num_frames: frames in the stack (scales 2.1's pointer time encoding).
 
@@ -326,11 +339,12 @@ class SAM2Model(nn.Module):
         n_mem = self.num_maskmem
         tokens, encs = [], []
         b = spatial[0][0].shape[0] if spatial else pointers[0][0].shape[0]
-        pos_flat = maskmem_pos.flatten(2).transpose(1, 2)  # (1|B, hw, Cm)
-        for feats, t_pos in spatial:
+        if isinstance(maskmem_pos, torch.Tensor):
+            maskmem_pos = [maskmem_pos] * len(spatial)
+        for (feats, t_pos), pos in zip(spatial, maskmem_pos):
             tokens.append(feats.flatten(2).transpose(1, 2).float())
             tpos = self.maskmem_tpos_enc[n_mem - t_pos - 1].reshape(1, 1, -1)
-            encs.append((pos_flat + tpos).expand(b, -1, -1))
+            encs.append((pos.flatten(2).transpose(1, 2) + tpos).expand(b, -1, -1))
         n_ptr_tokens = 0
         if pointers:
             c, cm = self.config.d_model, self.config.mem_dim
@@ -350,16 +364,19 @@ class SAM2Model(nn.Module):
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         num_obj_ptr_tokens: int,
+        rope=None,
     ) -> torch.Tensor:
         """Memory attention on (B, C, h, w) features -> (B, C, h, w) conditioned features.
 
         Args:
             memory, memory_pos: (B, M, mem_dim), spatial tokens first, pointer tokens last.
+            rope: explicit RoPE tables when the features or memories are windows of the grid
+                (see :meth:`MemoryAttention.window_rope`); None for whole grids.
         """
         b, c, h, w = vision_features.shape
         curr = vision_features.flatten(2).transpose(1, 2)  # (B, hw, C)
         pos = vision_pos.flatten(2).transpose(1, 2)
         out = self.memory_attention(
-            curr, pos, memory, memory_pos, feat_hw=(h, w), num_obj_ptr_tokens=num_obj_ptr_tokens
+            curr, pos, memory, memory_pos, feat_hw=(h, w), num_obj_ptr_tokens=num_obj_ptr_tokens, rope=rope
         )
         return out.transpose(1, 2).reshape(b, c, h, w)

@@ -40,7 +40,8 @@ class FeatureCache:
         capacity: how many frames' features stay in memory (least recently used go first).
         read_ahead: how many upcoming frames are read and preprocessed in a background thread.
         disk_cache: a folder for an on-disk cache of features (None: off). Entries are keyed
-            by model fingerprint, preprocessing and the frame's own bytes.
+            by model fingerprint, preprocessing, ``tag`` (e.g. the precision the encoder runs
+            at) and the frame's own bytes.
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class FeatureCache:
         capacity: int = 4,
         read_ahead: int = 2,
         disk_cache: str | os.PathLike | None = None,
+        tag: str = "",
     ) -> None:
         self.frames = frames
         self.model = model
@@ -64,7 +66,7 @@ class FeatureCache:
         if self.disk_cache is not None:
             self.disk_cache.mkdir(parents=True, exist_ok=True)
             limits = np.asarray(frames.limits if frames.limits is not None else [], dtype=np.float64)
-            pre = repr((model.image_size, frames.channels, frames.natural_rgb, limits.tolist()))
+            pre = repr((model.image_size, frames.channels, frames.natural_rgb, limits.tolist())) + tag
             self._prefix = hashlib.sha256((model_fingerprint(model) + pre).encode()).hexdigest()[:16]
         self.encoded = 0  # frames run through the image encoder (for tests and benchmarks)
 

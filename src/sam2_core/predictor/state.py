@@ -19,12 +19,21 @@ class FrameOutput:
             after eviction beyond the spatial-memory window.
         pred_masks: (1, 1, L, L) low-res logits, kept for prompted frames and the recent window
             (feeds corrections); None once evicted.
+        window: the feature-grid window (y0, x0, h, w) that ``maskmem_features`` covers; None =
+            the whole grid (see :mod:`sam2_core.predictor.windows`).
+        center, box_side: the mask's centre (y, x) and box side in feature tokens (local
+            tracking places the next window with them); center None = empty mask.
+        touches_edge: the mask reaches an inner edge of its window (the object may be cut).
     """
 
     obj_ptr: torch.Tensor
     object_score_logits: torch.Tensor
     maskmem_features: torch.Tensor | None = None
     pred_masks: torch.Tensor | None = None
+    window: tuple[int, int, int, int] | None = None
+    center: tuple[float, float] | None = None
+    box_side: float = 0.0
+    touches_edge: bool = False
 
 
 @dataclass
@@ -43,6 +52,9 @@ class ObjectState:
     non_cond: dict[int, FrameOutput] = field(default_factory=dict)
     temp: dict[int, FrameOutput] = field(default_factory=dict)
     tracked: dict[int, bool] = field(default_factory=dict)
+    window_side: int | None = None  # local tracking: current window side in tokens
+    absent_run: int = 0  # local tracking: consecutive frames reported absent
+    last_seen: tuple[float, float] | None = None  # local tracking: centre where last present
 
     def output(self, frame_idx: int) -> FrameOutput | None:
         """The most recent result for a frame: pending prompt, conditioning, then tracked."""
@@ -67,7 +79,7 @@ class VideoState:
     features: Any  # sam2_core.predictor.features.FeatureCache
     device: torch.device
     objects: dict[int, ObjectState] = field(default_factory=dict)
-    maskmem_pos: torch.Tensor | None = None  # (1, Cm, h, w), the same for every memory
+    maskmem_pos: torch.Tensor | None = None  # (1, Cm, h, w) of the whole grid, the same for every memory
 
     @property
     def num_frames(self) -> int:

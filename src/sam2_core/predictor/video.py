@@ -18,12 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam2_core import precision as precision_mod
 from sam2_core.io.frames import FrameSource
 from sam2_core.masks import fill_holes_in_logits, non_overlapping
 from sam2_core.modeling.sam2 import NO_OBJ_SCORE, HeadsOutput, SAM2Model
 from sam2_core.predictor import memory_bank as mb
+from sam2_core.predictor import windows as win
 from sam2_core.predictor.features import FeatureCache
 from sam2_core.predictor.state import FrameOutput, ObjectState, VideoState
+
+#: The speed modes: exact (Meta's computation) and fast (local windows, reduced precision).
+SPEEDS = ("exact", "fast")
 
 
 class SAM2VideoPredictor:
@@ -40,6 +45,18 @@ class SAM2VideoPredictor:
         feature_cache_size: frames whose image features stay in memory.
         read_ahead: frames read and preprocessed ahead in a background thread.
         batch_objects: run all objects of a frame as one batch (False: one by one, like Meta's).
+        speed: "exact" (every object attends over the whole feature grid: Meta's computation) or
+            "fast" (each object's memory attention, decoder and memory encoder work in a window
+            of the grid around it; see docs/engine.md for the measured fidelity).
+        window_margin: fast mode: tokens added around an object's box (default grid/16, >= 2).
+        reacquire: fast mode: an object lost from its window (absent, or cut by the window's
+            edge) is tracked again on that frame with a window twice as large.
+        reacquire_every: fast mode: an object reported absent is looked for on the whole grid
+            every this many frames.
+        precision: "fp32", "bf16", "fp16" or "auto" (reduced precision only where the device
+            runs it faster than fp32); default "fp32" for exact, "auto" for fast.
+        compile: ``torch.compile`` the model's image encoder and memory attention (in place;
+            falls back to eager mode if compiling fails; see :mod:`sam2_core.compile`).
     """
 
     def __init__(
@@ -55,8 +72,25 @@ class SAM2VideoPredictor:
         feature_cache_size: int = 4,
         read_ahead: int = 2,
         batch_objects: bool = True,
+        speed: str = "exact",
+        window_margin: int | None = None,
+        reacquire: bool = True,
+        reacquire_every: int = 8,
+        precision: str | None = None,
+        compile: bool = False,
     ) -> None:
+        if speed not in SPEEDS:
+            raise ValueError(f"speed must be one of {SPEEDS}, got {speed!r}")
         self.model = model.eval()
+        self.speed = speed
+        self.window_margin = window_margin
+        self.reacquire = reacquire
+        self.reacquire_every = max(1, int(reacquire_every))
+        self.precision = precision_mod.resolve(precision or ("auto" if speed == "fast" else "fp32"), model.device)
+        if compile:
+            from sam2_core.compile import compile_model
+
+            compile_model(self.model)
         self.batch_objects = batch_objects
         self.fill_hole_area = fill_hole_area
         self.non_overlap_masks = non_overlap_masks
@@ -67,6 +101,15 @@ class SAM2VideoPredictor:
         self.feature_cache_size = feature_cache_size
         self.read_ahead = read_ahead
         self.image_size = model.image_size
+
+    def provenance(self) -> dict:
+        """What produced the results (recorded in outputs): model, input size, speed mode, precision."""
+        from sam2_core import __version__
+
+        return {"software": f"napari-sam2 {__version__}", "model": self.model.config.name,
+                "image_size": self.image_size, "speed": self.speed,
+                "precision": precision_mod.name(self.precision),
+                **({"window_margin": self.window_margin or "auto"} if self.speed == "fast" else {})}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "default", **kwargs: Any) -> SAM2VideoPredictor:
@@ -107,8 +150,8 @@ class SAM2VideoPredictor:
         else:
             source = FrameSource(frames, contrast_limits=contrast_limits, channels=channels,
                                  channel_axis=channel_axis)
-        cache = FeatureCache(source, self.model, capacity=self.feature_cache_size,
-                             read_ahead=self.read_ahead, disk_cache=embedding_cache)
+        cache = FeatureCache(source, self.model, capacity=self.feature_cache_size, read_ahead=self.read_ahead,
+                             disk_cache=embedding_cache, tag=precision_mod.name(self.precision))
         return VideoState(frames=source, features=cache, device=self.model.device)
 
     def reset_state(self, state: VideoState) -> None:
@@ -200,7 +243,8 @@ class SAM2VideoPredictor:
             coords, labs = torch.cat([old_c, coords], 1), torch.cat([old_l, labs], 1)
         obj.points[frame_idx] = (coords, labs)
         obj.masks.pop(frame_idx, None)
-        obj.temp[frame_idx] = self._prompt_step(state, obj, frame_idx, points=(coords, labs))
+        with precision_mod.autocast(state.device, self.precision):
+            obj.temp[frame_idx] = self._prompt_step(state, obj, frame_idx, points=(coords, labs))
         return frame_idx, state.obj_ids, self._frame_masks(state, frame_idx)
 
     add_new_points = add_new_points_or_box
@@ -219,7 +263,8 @@ class SAM2VideoPredictor:
         obj = self._get_object(state, obj_id, create=True)
         obj.masks[frame_idx] = m
         obj.points.pop(frame_idx, None)
-        obj.temp[frame_idx] = self._prompt_step(state, obj, frame_idx, mask=m)
+        with precision_mod.autocast(state.device, self.precision):
+            obj.temp[frame_idx] = self._prompt_step(state, obj, frame_idx, mask=m)
         return frame_idx, state.obj_ids, self._frame_masks(state, frame_idx)
 
     def _prompt_step(self, state: VideoState, obj: ObjectState, frame_idx: int, points=None, mask=None) -> FrameOutput:
@@ -236,11 +281,12 @@ class SAM2VideoPredictor:
             if is_init:
                 pix = self.model.add_no_mem_embed(feats.vision_features)
             else:
-                pix = self._condition(state, [obj], frame_idx, obj.tracked[frame_idx])
+                pix = self._condition(state, [obj], frame_idx, obj.tracked[frame_idx], [None])[0][1]
             coords, labels = points
             multimask = labels.shape[1] <= 1
             heads = self.model.forward_sam_heads(pix, coords, labels, prev_logits, feats.high_res, multimask)
-        return FrameOutput(heads.obj_ptr, heads.object_score_logits, None, self._postprocess(heads.low_res_masks))
+        return FrameOutput(heads.obj_ptr.float(), heads.object_score_logits.float(), None,
+                           self._postprocess(heads.low_res_masks.float()))
 
     def _postprocess(self, low_res: torch.Tensor) -> torch.Tensor:
         return fill_holes_in_logits(low_res, self.fill_hole_area) if self.fill_hole_area > 0 else low_res
@@ -285,13 +331,7 @@ class SAM2VideoPredictor:
         for obj in state.objects.values():
             for f, out in sorted(obj.temp.items()):
                 if out.maskmem_features is None:
-                    feats = state.features.get(f)
-                    high = F.interpolate(out.pred_masks.to(state.device), size=(self.image_size,) * 2,
-                                         mode="bilinear", align_corners=False)
-                    mem, pos = self.model.encode_memory(feats.vision_features, high, out.object_score_logits, True)
-                    out.maskmem_features = mem.to(self.storage_dtype)
-                    if state.maskmem_pos is None:
-                        state.maskmem_pos = pos[:1]
+                    self._encode_prompt_memory(state, obj, f, out)
                 obj.cond[f] = out
                 obj.non_cond.pop(f, None)
                 if self.clear_non_cond_mem_around_input:
@@ -363,51 +403,192 @@ class SAM2VideoPredictor:
             low = torch.cat([o.output(f).pred_masks.to(state.device) for o in objs])
             yield f, [o.obj_id for o in objs], low
 
-    def _track_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> None:
-        """One tracking step for a batch of objects on frame f (memory-conditioned)."""
-        feats = state.features.get(f)
-        b = len(objs)
-        pix = self._condition(state, objs, f, reverse)
-        high_res = [h.expand(b, -1, -1, -1) for h in feats.high_res]
-        heads: HeadsOutput = self.model.forward_sam_heads(pix, None, None, None, high_res, multimask_output=True)
-        vision = feats.vision_features.expand(b, -1, -1, -1)
-        mem, pos = self.model.encode_memory(vision, heads.high_res_masks, heads.object_score_logits, False)
-        if state.maskmem_pos is None:
-            state.maskmem_pos = pos[:1]
-        low = self._postprocess(heads.low_res_masks)
-        mem = mem.to(self.storage_dtype)
-        for i, o in enumerate(objs):
-            o.non_cond[f] = FrameOutput(heads.obj_ptr[i : i + 1], heads.object_score_logits[i : i + 1],
-                                        mem[i : i + 1], low[i : i + 1])
+    def _encode_prompt_memory(self, state: VideoState, obj: ObjectState, f: int, out: FrameOutput) -> None:
+        """Memory of a prompt result, encoded on the whole grid; fast mode keeps its window."""
+        high = F.interpolate(out.pred_masks.to(state.device), size=(self.image_size,) * 2,
+                             mode="bilinear", align_corners=False)
+        with precision_mod.autocast(state.device, self.precision):
+            feats = state.features.get(f)
+            mem, _ = self.model.encode_memory(feats.vision_features, high, out.object_score_logits, True)
+        if self.speed == "fast":
+            grid = tuple(feats.vision_features.shape[-2:])
+            out.center, out.box_side = win.mask_stats(out.pred_masks[0, 0], None)
+            side = win.window_side(out.box_side, self._margin(grid))
+            obj.window_side = side if obj.window_side is None else max(obj.window_side, side)
+            out.window = win.place(out.center, obj.window_side, grid) if out.center is not None else None
+            obj.last_seen = out.center or obj.last_seen
+            mem = win.crop(mem, out.window)
+        out.maskmem_features = mem.to(self.storage_dtype).contiguous()
 
-    def _condition(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> torch.Tensor:
-        """Memory-conditioned features (B, C, h, w); objects with equal memory layout share a batch."""
+    def _margin(self, grid: tuple[int, int]) -> int:
+        return self.window_margin if self.window_margin is not None else win.auto_margin(min(grid))
+
+    def _track_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> None:
+        """One tracking step for a batch of objects on frame f (memory-conditioned).
+
+        Fast mode: each object works in a window around its predicted position; an object that
+        was present and is now lost or cut by its window's edge is tracked again with a window
+        twice as large (up to the whole grid), which it keeps from then on.
+        """
+        local = self.speed == "fast"
+        with precision_mod.autocast(state.device, self.precision):
+            feats = state.features.get(f)
+            grid = tuple(feats.vision_features.shape[-2:])
+            windows = [self._next_window(o, f, reverse, grid) for o in objs] if local else [None] * len(objs)
+            results = self._step(state, feats, objs, f, reverse, windows)
+            for _ in range(2 if local and self.reacquire else 0):
+                lost = [i for i, o in enumerate(objs) if windows[i] is not None and self._lost(o, f, reverse, results[i])]
+                if not lost:
+                    break
+                for i in lost:
+                    o = objs[i]
+                    o.window_side = win.window_side(2 * windows[i][2], 0)
+                    windows[i] = win.place(self._window_center(windows[i]), o.window_side, grid)
+                again = self._step(state, feats, [objs[i] for i in lost], f, reverse, [windows[i] for i in lost])
+                for i, r in zip(lost, again):
+                    results[i] = r
+        for o, out in zip(objs, results):
+            o.non_cond[f] = out
+            if local:
+                o.absent_run = o.absent_run + 1 if out.center is None else 0
+                o.last_seen = out.center if out.center is not None else o.last_seen
+
+    def _step(self, state: VideoState, feats, objs: list[ObjectState], f: int, reverse: bool,
+              windows: list) -> list[FrameOutput]:
+        """Memory attention, decoder and memory encoder for objects in their windows (None = grid)."""
+        results: list[FrameOutput | None] = [None] * len(objs)
+        size = self.image_size // win.LOW_RES_PER_TOKEN
+        for idx, pix in self._condition(state, objs, f, reverse, windows):
+            ws = [windows[i] for i in idx]
+            b = len(idx)
+            if all(w is None for w in ws):
+                high_res = [h.expand(b, -1, -1, -1) for h in feats.high_res]
+                vision = feats.vision_features.expand(b, -1, -1, -1)
+                image_pe = None
+            else:
+                high_res = [win.crop_each(h, ws, s) for h, s in zip(feats.high_res, (4, 2))]
+                vision = win.crop_each(feats.vision_features, ws)
+                image_pe = win.crop_each(self.model.sam_prompt_encoder.get_dense_pe(), ws)
+            heads: HeadsOutput = self.model.forward_sam_heads(pix, None, None, None, high_res, multimask_output=True,
+                                                              image_pe=image_pe)
+            mem, _ = self.model.encode_memory(vision, heads.high_res_masks, heads.object_score_logits, False)
+            mem = mem.to(self.storage_dtype)
+            low = heads.low_res_masks.float()
+            for j, i in enumerate(idx):
+                w = ws[j]
+                logits = low[j : j + 1]
+                if w is None:
+                    logits = self._postprocess(logits)
+                else:  # holes are found with the window's surroundings as background, as on the grid
+                    logits = self._postprocess(win.pad_for_holes(logits, NO_OBJ_SCORE))[..., 1:-1, 1:-1]
+                out = FrameOutput(heads.obj_ptr[j : j + 1].float(), heads.object_score_logits[j : j + 1].float(),
+                                  mem[j : j + 1].contiguous(), win.paste(logits, w, size, NO_OBJ_SCORE), w)
+                if self.speed == "fast":
+                    out.center, out.box_side = win.mask_stats(out.pred_masks[0, 0], w)
+                    out.touches_edge = win.touches_border(logits, w, tuple(feats.vision_features.shape[-2:]))
+                results[i] = out
+        return results
+
+    def _next_window(self, obj: ObjectState, f: int, reverse: bool, grid: tuple[int, int]):
+        """Fast mode: the window for an object on frame f, from its last two frames (None = grid)."""
+        step = 1 if reverse else -1
+        last, before = obj.output(f + step), obj.output(f + 2 * step)
+        if last is None or last.pred_masks is None:
+            return None
+        if last.center is None and last.box_side == 0.0 and last.window is None:
+            last.center, last.box_side = win.mask_stats(last.pred_masks[0, 0], None)
+        if last.center is not None:  # follow the object's size: grow at once, shrink step by step
+            needed = win.window_side(last.box_side, self._margin(grid))
+            obj.window_side = needed if obj.window_side is None else max(needed, obj.window_side - win.QUANTUM)
+        elif obj.window_side is None:
+            return None
+        center, speed = win.predict_center(last.center, before.center if before is not None else None)
+        if center is None:  # absent: stay where it was last seen; look everywhere now and then
+            if obj.absent_run % self.reacquire_every == self.reacquire_every - 1 or obj.last_seen is None:
+                return None
+            center = obj.last_seen
+        speed = min(speed, obj.window_side / 2)  # a longer jump is left to re-acquisition
+        return win.place(center, win.window_side(obj.window_side + 2 * speed, 0), grid)
+
+    @staticmethod
+    def _window_center(w) -> tuple[float, float]:
+        return (w[0] + w[2] / 2, w[1] + w[3] / 2)
+
+    @staticmethod
+    def _lost(obj: ObjectState, f: int, reverse: bool, out: FrameOutput) -> bool:
+        """Present on the previous frame, and now absent or cut by the window's edge."""
+        last = obj.output(f + (1 if reverse else -1))
+        was_present = last is not None and last.center is not None
+        return was_present and (out.center is None or out.touches_edge)
+
+    def _condition(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool,
+                   windows: list) -> list[tuple[list[int], torch.Tensor]]:
+        """Memory-conditioned features per group of objects: [(indices, (B, C, h, w))].
+
+        Objects whose query window and memory layout have the same shapes share a batch.
+        Windows (and memories stored at windows) use RoPE tables of their true coordinates.
+        """
         feats = state.features.get(f)
+        grid = tuple(feats.vision_features.shape[-2:])
         built = [self._memory_of(state, o, f, reverse) for o in objs]
-        out = feats.vision_features.new_empty((len(objs), *feats.vision_features.shape[1:]))
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (mem, _, n_ptr) in enumerate(built):
-            groups.setdefault((mem.shape[0], n_ptr), []).append(i)
-        for (_, n_ptr), idx in groups.items():
-            mem = torch.stack([built[i][0] for i in idx]).to(feats.vision_features.dtype)
-            pos = torch.stack([built[i][1] for i in idx]).to(feats.vision_features.dtype)
+        groups: dict[tuple, list[int]] = {}
+        for i, (mem, _, n_ptr, mem_windows) in enumerate(built):
+            q_shape = grid if windows[i] is None else windows[i][2:]
+            groups.setdefault((q_shape, mem.shape[0], n_ptr), []).append(i)
+        out = []
+        dtype = feats.vision_features.dtype
+        for (_, _, n_ptr), idx in groups.items():
+            ws = [windows[i] for i in idx]
+            mem = torch.stack([built[i][0] for i in idx]).to(dtype)
+            pos = torch.stack([built[i][1] for i in idx]).to(dtype)
             bg = len(idx)
-            out[idx] = self.model.condition_on_memory(
-                feats.vision_features.expand(bg, -1, -1, -1), feats.vision_pos.expand(bg, -1, -1, -1),
-                mem, pos, n_ptr,
-            )
+            if all(w is None for w in ws):
+                vision = feats.vision_features.expand(bg, -1, -1, -1)
+                vision_pos = feats.vision_pos.expand(bg, -1, -1, -1)
+            else:
+                vision, vision_pos = win.crop_each(feats.vision_features, ws), win.crop_each(feats.vision_pos, ws)
+            rope = None
+            if any(w is not None for w in ws) or any(w is not None for i in idx for w in built[i][3]):
+                rope = self._rope(state, ws, [built[i][3] for i in idx], grid)
+            out.append((idx, self.model.condition_on_memory(vision, vision_pos, mem, pos, n_ptr, rope)))
         return out
 
+    def _rope(self, state: VideoState, query_windows: list, memory_windows: list[list], grid):
+        """Per-item RoPE tables (B, N, d/2) for windowed queries and memories."""
+        ma = self.model.memory_attention
+        full = win.full(grid)
+
+        def tables(ws):
+            parts = [ma.window_rope(full if w is None else w, state.device) for w in ws]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+        q = [tables([w]) for w in query_windows]
+        k = [tables(ws) for ws in memory_windows]
+        return ((torch.stack([c for c, _ in q]), torch.stack([s_ for _, s_ in q])),
+                (torch.stack([c for c, _ in k]), torch.stack([s_ for _, s_ in k])))
+
+    def _maskmem_pos(self, state: VideoState) -> torch.Tensor:
+        """Sine encoding (1, Cm, h, w) of the whole memory grid (computed once per state)."""
+        if state.maskmem_pos is None:
+            grid = self.image_size // win.INPUT_PER_TOKEN
+            probe = torch.empty(1, self.model.config.mem_dim, grid, grid, device=state.device)
+            state.maskmem_pos = self.model.memory_encoder.position_encoding(probe)
+        return state.maskmem_pos
+
     def _memory_of(self, state: VideoState, obj: ObjectState, f: int, reverse: bool):
-        """One object's memory tokens (M, Cm), their encodings (M, Cm) and pointer-token count."""
+        """One object's memory tokens (M, Cm), their encodings (M, Cm), pointer-token count and
+        the window of each spatial memory (None = whole grid)."""
         model = self.model
         selected, unselected = mb.select_cond_frames(f, obj.cond, self.max_cond_frames_in_attn)
         spare = {t: obj.cond[t] for t in unselected}
-        spatial = []
+        spatial, positions, windows = [], [], []
+        full_pos = self._maskmem_pos(state)
 
         def add(out: FrameOutput | None, t_pos: int) -> None:
             if out is not None and out.maskmem_features is not None:
                 spatial.append((out.maskmem_features.to(state.device), t_pos))
+                positions.append(win.crop(full_pos, out.window))
+                windows.append(out.window)
 
         for t in selected:
             add(obj.cond[t], 0)
@@ -420,9 +601,9 @@ class SAM2VideoPredictor:
             out = obj.non_cond.get(t, spare.get(t))
             if out is not None:
                 ptrs.append((out.obj_ptr.to(state.device), p))
-        memory, pos, n_ptr = model.build_memory(spatial, state.maskmem_pos, [(v[0:1], p) for v, p in ptrs],
+        memory, pos, n_ptr = model.build_memory(spatial, positions, [(v[0:1], p) for v, p in ptrs],
                                                 state.num_frames)
-        return memory[0], pos[0], n_ptr
+        return memory[0], pos[0], n_ptr, windows
 
     def _evict(self, obj: ObjectState, f: int, reverse: bool) -> None:
         """Forget tracked memories no later request can use (bounded memory on long stacks)."""
