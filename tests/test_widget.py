@@ -176,8 +176,6 @@ def test_bad_inputs_notify(make_napari_viewer, qtbot, small_checkpoint):
     assert len(c.prompts_layer().data) == 2  # prompts are kept
 
 
-@pytest.mark.xfail(strict=True, reason="_widget.py: the axis ComboBox needs callable choices "
-                   "(napari's reset_choices empties it); remove this mark with that fix")
 def test_axis_choices_survive_layer_changes(make_napari_viewer, movie):
     """napari calls the dock widget's reset_choices on every layer change: the axis list must survive it."""
     viewer = make_napari_viewer()
@@ -186,6 +184,18 @@ def test_axis_choices_survive_layer_changes(make_napari_viewer, movie):
     assert w.controller.axis == 0
     viewer.add_points(name="other")  # any layer change
     assert w.axis.choices, "the 'Propagate along' list was emptied by a layer change"
+    # T/Z/Y/X: choosing z in the list sticks through layer changes
+    m = movie[0]
+    viewer.add_image(np.stack([m[:3], m[1:4]]), name="tz")
+    w.image.value = "tz"
+    assert w.axis.choices == (0, 1) and w.controller.axis == 0
+    w.axis.value = 1
+    assert w.controller.axis == 1
+    viewer.add_points(name="another")
+    viewer.layers.remove("other")
+    assert w.axis.choices == (0, 1) and w.axis.value == 1 and w.controller.axis == 1
+    w.image.value = "cells"
+    assert w.axis.choices == (0,) and w.controller.axis == 0
 
 
 def test_scripted_backward_n_frames_tracks_export(make_napari_viewer, small_checkpoint, movie, tmp_path):
@@ -204,6 +214,7 @@ def test_scripted_backward_n_frames_tracks_export(make_napari_viewer, small_chec
     assert all((labels.data[t] == 7).any() for t in (1, 2, 3))
     assert labels.data[[0, 4, 5]].max() == 0
     assert len(viewer.layers["SAM2 tracks"].data) >= 3  # one centroid per tracked frame
+    assert labels.metadata["napari_sam2"]["speed"] == "exact"  # what produced the labels
     # the widget's Export TIFF / Export CTC write these files (the dialog only asks for the path)
     import tifffile
 
@@ -279,6 +290,14 @@ def test_segment_all_track_all_and_labels_as_prompts(make_napari_viewer, qtbot, 
     _wait_idle(qtbot, c)
     assert set(np.unique(out[2])) >= set(truth), _errors()
     c.use_labels_as_prompts("cells")  # not a Labels layer
+    assert len(_errors()) == n0 + 1
+    # the "Use labels as prompts" button takes the Output labels layer
+    w.output.value = "truth"
+    viewer.dims.current_step = (4, 0, 0)
+    _wait_idle(qtbot, c)
+    w.labels_prompts.clicked.emit()
+    _wait_idle(qtbot, c)
+    assert {(4, int(k)) for k in truth} <= set(c._masks), _errors()  # mask prompts with the labels' ids
     assert len(_errors()) == n0 + 1
 
 
@@ -363,7 +382,9 @@ def test_control_click_negative_and_box_prompt(make_napari_viewer, qtbot, small_
     assert list(pts.symbol) == ["x", "disc"]
     assert (viewer.layers[A.LABELS].data[0] == 1).any(), _errors()
     w.new_object.clicked.emit()  # object 2 from a box on frame 2
-    boxes = c.boxes_layer()
+    w.draw_boxes.clicked.emit()  # the "Draw boxes" button makes the boxes layer, ready to draw
+    boxes = viewer.layers[A.BOXES]
+    assert viewer.layers.selection.active is boxes and boxes.mode == "add_rectangle"
     ys, xs = np.nonzero(lab[2] == 2)
     y0, x0, y1, x1 = ys.min() - 2, xs.min() - 2, ys.max() + 2, xs.max() + 2
     boxes.add_rectangles([[[2, y0, x0], [2, y0, x1], [2, y1, x1], [2, y1, x0]]])
@@ -386,7 +407,8 @@ def test_track_all_into_a_new_labels_layer(make_napari_viewer, qtbot, small_chec
     w = _dock(viewer)
     c = w.controller
     w.checkpoint.value = small_checkpoint
-    c.track_all(direction="forward")
+    w.direction.value = "forward"
+    w.track_all.clicked.emit()  # the "Track all" button
     qtbot.waitUntil(lambda: not c.busy and not c._after and c._pending is None, timeout=60_000)
     out = viewer.layers[A.LABELS].data
     assert all(len(set(np.unique(out[t])) - {0}) >= 1 for t in range(len(m))), _errors()
@@ -416,3 +438,93 @@ def test_tzyx_propagates_along_z_at_the_shown_time(make_napari_viewer, qtbot, sm
     assert labels.shape == stack.shape
     assert all((labels[1, z] == 1).any() for z in range(4)), _errors()
     assert labels[0].max() == 0
+
+
+def test_speed_choice_fast_propagation_metadata_and_export(make_napari_viewer, qtbot, small_checkpoint, movie,
+                                                           tmp_path):
+    """Speed "fast" in the widget: propagation works, the Labels layer and the exports record it."""
+    import json
+
+    from napari_sam2.cli import SPEED_HELP
+    from napari_sam2.export import read_labels_info
+
+    m, lab = movie
+    viewer = make_napari_viewer()
+    viewer.add_image(m, name="cells")
+    viewer.dims.current_step = (0, 0, 0)
+    w = _dock(viewer)
+    c = w.controller
+    assert w.speed.label == "Speed" and w.speed.value == "exact" and tuple(w.speed.choices) == ("exact", "fast")
+    assert w.speed.tooltip == SPEED_HELP
+    w.checkpoint.value = small_checkpoint
+    n0 = len(_errors())
+    w.speed.value = "fast"
+    assert c.speed == "fast"
+    _click(c, 0, *_centroid(lab, 0, 1), oid=1)
+    _wait_idle(qtbot, c)
+    assert c.session.predictor.speed == "fast"
+    w.direction.value = "forward"
+    w.propagate.clicked.emit()
+    _wait_idle(qtbot, c)
+    labels = viewer.layers[A.LABELS]
+    assert all((labels.data[t] == 1).any() for t in range(len(m))), _errors()
+    info = labels.metadata["napari_sam2"]
+    assert info == c.session.predictor.provenance() and info["speed"] == "fast"
+    c.export("tiff", str(tmp_path / "labels.tif"))
+    assert read_labels_info(tmp_path / "labels.tif")["speed"] == "fast"
+    c.export("ctc", str(tmp_path / "01_RES"))
+    assert json.loads((tmp_path / "01_RES" / "napari-sam2.json").read_text())["speed"] == "fast"
+    assert len(_errors()) == n0
+
+
+def test_switching_speed_keeps_prompts(make_napari_viewer, qtbot, small_checkpoint, movie):
+    """A speed change makes a new session on the same model; the prompts stay and propagation works."""
+    m, lab = movie
+    viewer = make_napari_viewer()
+    viewer.add_image(m, name="cells")
+    viewer.dims.current_step = (0, 0, 0)
+    w = _dock(viewer)
+    c = w.controller
+    w.checkpoint.value = small_checkpoint
+    for oid in (1, 2):
+        _click(c, 0, *_centroid(lab, 0, oid), oid=oid)
+        _wait_idle(qtbot, c)
+    pts = c.prompts_layer()
+    data, features = pts.data.copy(), pts.features.copy()
+    old = c.session
+    n0 = len(_errors())
+    w.speed.value = "fast"
+    assert c.session is not old and c.session.model is old.model and c.session.predictor.speed == "fast"
+    np.testing.assert_array_equal(pts.data, data)
+    assert pts.features.equals(features)
+    viewer.dims.current_step = (2, 0, 0)  # the new session has no stack yet: no prefetch, no error
+    _wait_idle(qtbot, c)
+    viewer.dims.current_step = (0, 0, 0)
+    _wait_idle(qtbot, c)
+    w.direction.value = "forward"
+    w.propagate.clicked.emit()
+    _wait_idle(qtbot, c)
+    labels = viewer.layers[A.LABELS]
+    assert all({1, 2} <= set(np.unique(labels.data[t])) for t in range(len(m))), _errors()
+    assert labels.metadata["napari_sam2"]["speed"] == "fast"
+    assert len(_errors()) == n0
+
+
+def test_scripted_propagate_fast(make_napari_viewer, small_checkpoint, movie, monkeypatch):
+    """napari_sam2.propagate(speed="fast"); the call's controller does not stay attached to the viewer."""
+    import napari_sam2
+    from napari_sam2._session import SegmentationSession
+
+    m, lab = movie
+    viewer = make_napari_viewer()
+    image = viewer.add_image(m, name="cells")
+    points = viewer.add_points([[0, *_centroid(lab, 0, 1)]], name="my clicks",
+                               features={"object_id": [7], "positive": [True]})
+    labels = napari_sam2.propagate(viewer, image, points, direction="forward", speed="fast",
+                                   checkpoint=small_checkpoint)
+    assert all((labels.data[t] == 7).any() for t in range(len(m)))
+    assert labels.metadata["napari_sam2"]["speed"] == "fast"
+    prefetched = []
+    monkeypatch.setattr(SegmentationSession, "prefetch", lambda self, f: prefetched.append(f))
+    viewer.dims.current_step = (3, 0, 0)
+    assert prefetched == []  # no embedding computed on the GUI thread by a finished script call

@@ -2,12 +2,12 @@
 
 Run under a (virtual) display from the repository root; it takes a few minutes on a CPU:
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python docs/examples/make_screenshots.py [OUT_DIR]
+    xvfb-run -a -s "-screen 0 1920x1080x24" python docs/examples/make_screenshots.py [OUT_DIR]
 
 Every state is built the way a user builds it: File > Open Sample (napari-sam2 nuclei_timelapse),
 the "SAM 2 Segment & Track" dock widget with the bundled default model, clicks added to the
 widget's "SAM2 prompts" layer (exactly what a mouse click adds), the widget's Propagate button,
-and the controller's "segment all" for the automatic result. The PNGs are written to
+and its "Segment all objects on this frame" button for the automatic result. The PNGs are written to
 docs/images/ (or OUT_DIR), downscaled to stay small.
 """
 
@@ -69,7 +69,7 @@ def new_viewer():
     dock, widget = viewer.window.add_plugin_dock_widget("napari-sam2", "SAM 2 Segment & Track")
     from qtpy.QtCore import Qt
 
-    viewer.window._qt_window.resizeDocks([dock], [620], Qt.Orientation.Horizontal)  # as dragging its edge
+    viewer.window._qt_window.resizeDocks([dock], [500], Qt.Orientation.Horizontal)  # as dragging its edge
     viewer.dims.current_step = (0, *viewer.dims.current_step[1:])
     for _ in range(20):
         QApplication.processEvents()
@@ -160,7 +160,7 @@ def main() -> None:
     viewer, w = new_viewer()
     c = w.controller
     t0 = time.perf_counter()
-    c.segment_all()
+    w.segment_all.clicked.emit()  # the "Segment all objects on this frame" button
     wait(c)
     labels = viewer.layers["SAM2 labels"]
     found = sorted(set(np.unique(labels.data[0])) - {0})

@@ -35,6 +35,6 @@ points = viewer.add_points(
 
 labels = napari_sam2.propagate(viewer, image, points, direction="forward", tracks=True)
 print(f"{labels.name}: {len(np.unique(labels.data)) - 1} objects over {labels.data.shape[0]} frames")
-write_ctc("sam2_ctc_RES", labels.data)
+write_ctc("sam2_ctc_RES", labels.data, info=labels.metadata.get("napari_sam2"))  # + what produced it
 if "--headless" not in sys.argv and napari.current_viewer() is viewer and not hasattr(sys, "ps1"):
     napari.run()

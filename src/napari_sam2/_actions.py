@@ -25,6 +25,9 @@ PROMPTS = "SAM2 prompts"
 BOXES = "SAM2 boxes"
 LABELS = "SAM2 labels"
 NEW_LAYER = "<new labels layer>"
+SPEEDS = ("exact", "fast")
+#: key of the output Labels layer's metadata holding what produced it (the predictor's provenance)
+METADATA_KEY = "napari_sam2"
 #: Problems with the user's input or environment: shown as notifications, never as crashes.
 EXPECTED = (ModelUnavailable, ValueError, KeyError, IndexError, RuntimeError, OSError)
 
@@ -80,6 +83,7 @@ class Controller:
         self.image_layer = None
         self.axis: int | None = None
         self.model_spec = ("default", "", "auto")
+        self.speed = "exact"
         self.session: SegmentationSession | None = None
         self.object_id = 1
         self.negative = False
@@ -93,6 +97,7 @@ class Controller:
         #: mask prompts {(frame, object id): (H, W) bool}: from "segment all" or a Labels layer
         self._masks: dict[tuple[int, int], np.ndarray] = {}
         self._pick_layers: list = []  # Labels layers whose picked label selects the object
+        self._prompt_layers: list = []  # prompt layers whose events this controller handles
         self.status_changed: Callable[[str], None] = lambda text: None
         self.busy_changed: Callable[[bool], None] = lambda busy: None
         self.object_changed: Callable[[int], None] = lambda oid: None
@@ -122,7 +127,13 @@ class Controller:
             return [("(no image)", None)]
         nd = layer.ndim
         names = list(self.viewer.dims.axis_labels)[-nd:]
-        choices = [(f"{names[i]} (axis {i}, {layer.data.shape[i]})", i) for i in range(nd - 2)]
+
+        def text(i: int) -> str:
+            n = f"axis {i}: {layer.data.shape[i]} frames"
+            unnamed = str(names[i]).lstrip("-").isdigit()  # napari's default labels are numbers
+            return n if unnamed else f"{names[i]} ({n})"
+
+        choices = [(text(i), i) for i in range(nd - 2)]
         default = L.default_axis(layer.data.shape, names, rgb=layer.rgb)
         choices.sort(key=lambda c: c[1] != default)
         return choices or [("(2-D image: single frame)", None)]
@@ -147,6 +158,8 @@ class Controller:
         self.axis = axis
         if layer is not None:
             self.prompts_layer()
+            if self._layer(BOXES) is not None:
+                self.boxes_layer()  # take over the box prompts drawn earlier
             self.status_changed(f"{layer.name}: click on an object (Control-click: negative).")
 
     def set_axis(self, axis: int | None) -> None:
@@ -157,6 +170,23 @@ class Controller:
         if spec != self.model_spec:
             self.model_spec = spec
             self.session = None  # loaded again on next use
+
+    def set_speed(self, speed: str) -> None:
+        """Tracking mode of the video predictor: "exact" or "fast" (the model is not reloaded).
+
+        A new session shares the loaded model; its tracking state is rebuilt from the prompt
+        layers on the next action (as after a model change), so no prompt is lost. A job that is
+        running keeps the session it started with.
+        """
+        if speed not in SPEEDS:
+            self._fail(f"speed must be one of {', '.join(SPEEDS)}, not {speed!r}")
+            return
+        if speed == self.speed:
+            return
+        self.speed = speed
+        if self.session is not None:
+            self.session = SegmentationSession(self.session.model, speed=speed)
+        self.status_changed(f"speed: {speed} (used from the next segmentation or propagation)")
 
     def set_object(self, oid: int) -> None:
         self.object_id = int(oid)
@@ -212,11 +242,32 @@ class Controller:
                 size=max(4, min(img.data.shape[-2:]) // 40), border_width=0.15, border_width_is_relative=True,
             )
             layer.mode = "add"
-            layer.mouse_drag_callbacks.insert(0, self._on_points_press)
-            layer.events.data.connect(self._on_points_data)
+            self._hook(layer)
             self._update_defaults()
             self.viewer.layers.selection.active = layer
+        elif layer is not None:
+            self._hook(layer)  # made earlier (e.g. by a widget since closed): this controller takes it over
         return layer
+
+    def _hook(self, layer) -> None:
+        """Handle a prompt layer's clicks and edits (undone by close())."""
+        if any(lyr is layer for lyr, _ in self._prompt_layers):
+            return
+        boxes = layer.name == BOXES
+        self._prompt_layers.append((layer, boxes))
+        if boxes:
+            layer.events.data.connect(self._on_boxes_data)
+        else:
+            layer.mouse_drag_callbacks.insert(0, self._on_points_press)
+            layer.events.data.connect(self._on_points_data)
+
+    def _unhook(self, layer, boxes: bool) -> None:
+        if boxes:
+            layer.events.data.disconnect(self._on_boxes_data)
+        else:
+            if self._on_points_press in layer.mouse_drag_callbacks:
+                layer.mouse_drag_callbacks.remove(self._on_points_press)
+            layer.events.data.disconnect(self._on_points_data)
 
     def boxes_layer(self):
         """The Shapes layer whose rectangles are box prompts (created on demand)."""
@@ -229,8 +280,10 @@ class Controller:
                 features={L.OBJECT_ID: np.empty(0, int)}, face_color="transparent", edge_width=2,
             )
             layer.mode = "add_rectangle"
-            layer.events.data.connect(self._on_boxes_data)
+            self._hook(layer)
             self._update_defaults()  # the box belongs to the current object (not to id 0)
+        elif layer is not None:
+            self._hook(layer)
         return layer
 
     def labels_layer(self, create: bool = True):
@@ -291,14 +344,14 @@ class Controller:
             layer.feature_defaults = {L.OBJECT_ID: self.object_id, L.POSITIVE: not negative}
 
     def _on_points_data(self, event) -> None:
-        if getattr(event, "action", None) not in ("added", "removed", "changed"):
+        if self._closed or getattr(event, "action", None) not in ("added", "removed", "changed"):
             return
         self._restyle_points()
         self._update_defaults()
         self.segment_current(frames=self._frames_of(event))
 
     def _on_boxes_data(self, event) -> None:
-        if getattr(event, "action", None) in ("added", "removed", "changed"):
+        if not self._closed and getattr(event, "action", None) in ("added", "removed", "changed"):
             self.segment_current()
 
     def _frames_of(self, event) -> list[int] | None:
@@ -321,10 +374,11 @@ class Controller:
         if self._closed:
             return
         view = self._view()
-        if view is None or self.session is None or self.busy:
-            return
+        session = self.session
+        if view is None or session is None or session.state is None or self.busy:
+            return  # (a new session after a speed change has no stack until the next action)
         f = self._current_frame(view)
-        self._run(lambda: self.session.prefetch(f), on_done=None, quiet=True)
+        self._run(lambda: session.prefetch(f), on_done=None, quiet=True)
 
     # --- model work --------------------------------------------------------------------------
 
@@ -357,7 +411,7 @@ class Controller:
             finally:
                 if progress is not None:
                     progress.close()
-            self.session = SegmentationSession(model)
+            self.session = SegmentationSession(model, speed=self.speed)
         return self.session
 
     def _prompts(self, view: L.StackView):
@@ -386,17 +440,22 @@ class Controller:
         return view
 
     def segment_current(self, frames: Sequence[int] | None = None,
-                        then: Callable[[], None] | None = None) -> None:
-        """Apply the prompts and show the result on the frames that changed (instant feedback)."""
+                        then: Callable[[], None] | None = None, note: str | None = None) -> None:
+        """Apply the prompts and show the result on the frames that changed (instant feedback).
+
+        ``note``: the status message once done (default: how many frames were segmented).
+        """
         view = self._check_ready()
         if view is None:
             return
         data = self.image_layer.data
         limits = self.image_layer.contrast_limits
         points, boxes, masks = self._prompts(view)
+        used: list = []
 
         def job():
             session = self._ensure_session()
+            used.append(session)
             session.set_stack(data, view, contrast_limits=limits)
             changed = session.sync_prompts(points, boxes, masks)
             todo = sorted({f for f, _ in changed} | set(frames or []))
@@ -409,8 +468,10 @@ class Controller:
             labels = self.labels_layer()
             for f, lab, _ in results:
                 self._write_frame(labels, view, f, lab, sorted(set(ids) | set(removed)))
+            if results and used:
+                self._record_provenance(labels, used[-1])
             self._restyle_points()
-            self.status_changed(f"segmented {len(results)} frame(s)")
+            self.status_changed(note or f"segmented {len(results)} frame(s)")
             if then is not None:
                 self._when_idle(then)
 
@@ -448,9 +509,9 @@ class Controller:
             first = max(used | {0}) + 1
             for k, i in enumerate(ids):
                 self._masks[(frame, first + k)] = found == i
-            last = first + len(ids) - 1
-            self.status_changed(f"found {len(ids)} object(s) on frame {frame} (ids {first}-{last})")
-            self.segment_current(frames=[frame], then=then)
+            note = f"found {len(ids)} object(s) on frame {frame} (ids {first}-{first + len(ids) - 1})"
+            self.status_changed(note + "…")
+            self.segment_current(frames=[frame], then=then, note=note)
 
         self._run(job, done)
 
@@ -481,8 +542,9 @@ class Controller:
             return
         for i in ids:
             self._masks[(frame, i)] = lab == i
-        self.status_changed(f"{len(ids)} label(s) of {layer.name!r} on frame {frame} are now mask prompts")
-        self.segment_current(frames=[frame])
+        note = f"{len(ids)} label(s) of {layer.name!r} on frame {frame} are now mask prompts"
+        self.status_changed(note)
+        self.segment_current(frames=[frame], note=note)
 
     def delete_object(self, oid: int) -> None:
         """Remove an object's prompts and its labels (one undo step)."""
@@ -569,6 +631,8 @@ class Controller:
             if self._history is not None:
                 self._history.close()
                 self._history = None
+            if count[0] and session_box:
+                self._record_provenance(labels, session_box[0])
             if tracks and count[0]:
                 self._tracks_layer(labels, view)
             self._restyle_points()
@@ -584,6 +648,11 @@ class Controller:
             self.status_changed("cancelling after this frame…")
 
     # --- writing -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _record_provenance(labels, session: SegmentationSession) -> None:
+        """Note what produced the labels (model, speed, precision) in the layer's metadata (GUI thread)."""
+        labels.metadata = {**labels.metadata, METADATA_KEY: session.predictor.provenance()}
 
     def _write_frame(self, labels, view: L.StackView, frame: int, lab: np.ndarray, ids: Sequence[int]) -> None:
         """Write one frame of results for ``ids``; other labels stay untouched (undoable)."""
@@ -623,13 +692,14 @@ class Controller:
             self._fail("Nothing to export yet: segment or propagate first.")
             return
         data = np.asarray(labels.data)
+        info = labels.metadata.get(METADATA_KEY)  # what produced them: stored in the files
         view = self._view()
         if kind == "ctc":
             stack = data if view is None or view.axis is None else np.stack(
                 [data[view.stack_index(f)] for f in range(view.num_frames)])
-            export.write_ctc(path, stack if stack.ndim == 3 else stack[None])
+            export.write_ctc(path, stack if stack.ndim == 3 else stack[None], info=info)
         else:
-            export.write_labels_tiff(path, data)
+            export.write_labels_tiff(path, data, info=info)
         self.status_changed(f"exported to {path}")
 
     def export_dialog(self, kind: str) -> None:
@@ -763,6 +833,7 @@ class Controller:
         self.busy_changed = lambda *_: None
         unpick = [lambda lyr=lyr: lyr.events.selected_label.disconnect(self._on_selected_label)
                   for lyr in self._pick_layers]
+        unpick += [lambda lyr=lyr, b=b: self._unhook(lyr, b) for lyr, b in self._prompt_layers]
         for fn in [lambda: self.viewer.dims.events.current_step.disconnect(self._on_step), *unpick, *self.on_close]:
             try:
                 fn()

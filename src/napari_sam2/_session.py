@@ -57,13 +57,16 @@ class SegmentationSession:
     Args:
         model: a ``SAM2Model`` (or anything ``load_model`` returns).
         fill_hole_area: passed to the video predictor.
+        speed: the video predictor's tracking mode: "exact" (Meta's computation) or "fast"
+            (each object tracked in a window around it; see docs/engine.md).
     """
 
-    def __init__(self, model: Any, *, fill_hole_area: int = 8) -> None:
+    def __init__(self, model: Any, *, fill_hole_area: int = 8, speed: str = "exact") -> None:
         from sam2_core.predictor.video import SAM2VideoPredictor
 
         self.model = model
-        self.predictor = SAM2VideoPredictor(model, fill_hole_area=fill_hole_area)
+        self.speed = speed
+        self.predictor = SAM2VideoPredictor(model, fill_hole_area=fill_hole_area, speed=speed)
         self.lock = threading.RLock()
         self.state = None
         self.view: StackView | None = None

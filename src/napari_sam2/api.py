@@ -8,6 +8,8 @@ Example (in a napari console or macro)::
                                    direction="both")
 
 Calls run synchronously (no thread worker) and raise exceptions instead of notifications.
+The returned Labels layer's ``metadata["napari_sam2"]`` says what produced it (model, speed,
+precision).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from napari_sam2._actions import Controller
 
 
 def _controller(viewer, image_layer, points_layer=None, labels_layer=None, *, model="default",
-                checkpoint=None, device="auto", axis=None) -> Controller:
+                checkpoint=None, device="auto", axis=None, speed=None) -> Controller:
     c = Controller(viewer, notify=False, threaded=False)
     c.set_model(model, checkpoint or "", device)
+    if speed is not None:
+        c.set_speed(speed)
     c.set_image(image_layer, axis)
     if points_layer is not None and points_layer.name != "SAM2 prompts":
         prompts = c.prompts_layer()
@@ -33,21 +37,33 @@ def _controller(viewer, image_layer, points_layer=None, labels_layer=None, *, mo
     return c
 
 
-def segment(viewer, image_layer, points_layer=None, labels_layer=None, **kwargs: Any):
-    """Segment every prompted object on the frames that carry prompts; returns the Labels layer."""
-    c = _controller(viewer, image_layer, points_layer, labels_layer, **kwargs)
-    c.segment_current()
-    return c.labels_layer()
+def segment(viewer, image_layer, points_layer=None, labels_layer=None, *, speed: str | None = None,
+            **kwargs: Any):
+    """Segment every prompted object on the frames that carry prompts; returns the Labels layer.
+
+    ``speed``: "exact" or "fast" (see :func:`propagate`).
+    """
+    c = _controller(viewer, image_layer, points_layer, labels_layer, speed=speed, **kwargs)
+    try:
+        c.segment_current()
+        return c.labels_layer()
+    finally:
+        c.close()  # detach from the viewer (no background prefetch on slider moves afterwards)
 
 
 def propagate(viewer, image_layer, points_layer=None, labels_layer=None, *, direction: str = "both",
               max_frames: int | None = None, obj_ids: Sequence[int] | None = None, tracks: bool = False,
-              start: int | str | None = None, **kwargs: Any):
+              start: int | str | None = None, speed: str | None = None, **kwargs: Any):
     """Propagate the prompted objects through the stack; returns the Labels layer.
 
     ``start``: the frame to propagate from; None (default) is the first frame with prompts,
     "current" the frame the viewer shows.
+    ``speed``: "exact" (Meta's computation) or "fast" (each object tracked in a window around it;
+    its measured agreement with exact is in docs/engine.md); None keeps the default, exact.
     """
-    c = _controller(viewer, image_layer, points_layer, labels_layer, **kwargs)
-    c.propagate(direction, max_frames=max_frames, obj_ids=obj_ids, tracks=tracks, start=start)
-    return c.labels_layer()
+    c = _controller(viewer, image_layer, points_layer, labels_layer, speed=speed, **kwargs)
+    try:
+        c.propagate(direction, max_frames=max_frames, obj_ids=obj_ids, tracks=tracks, start=start)
+        return c.labels_layer()
+    finally:
+        c.close()  # detach from the viewer (no background prefetch on slider moves afterwards)
