@@ -42,7 +42,9 @@ def _progress_bar(total: int, desc: str):
 #: Help for the speed choice (here and in the widget), with fast mode's measured fidelity
 #: (benchmarks/bench_fast.py; docs/engine.md has the details).
 SPEED_HELP = ("exact: Meta's computation, every object attends over the whole image. fast: each object is "
-              "tracked in a window around it, for dense fields of small cells; FIDELITY_PENDING")
+              "tracked in a window around it, for dense fields of small cells. Measured on held-out "
+              "simulated movies with the bundled model: median mask IoU 0.99 with exact; track IoU vs the "
+              "truth 0.343 (exact: 0.365). Details in docs/engine.md")
 
 
 def _speed_help() -> str:

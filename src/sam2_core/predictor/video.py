@@ -48,7 +48,7 @@ class SAM2VideoPredictor:
         speed: "exact" (every object attends over the whole feature grid: Meta's computation) or
             "fast" (each object's memory attention, decoder and memory encoder work in a window
             of the grid around it; see docs/engine.md for the measured fidelity).
-        window_margin: fast mode: tokens added around an object's box (default grid/16, >= 2).
+        window_margin: fast mode: tokens added around an object's box (default grid/16, >= 3).
         reacquire: fast mode: an object lost from its window (absent, or cut by the window's
             edge) is tracked again on that frame with a window twice as large.
         reacquire_every: fast mode: an object reported absent is looked for on the whole grid
@@ -428,7 +428,7 @@ class SAM2VideoPredictor:
 
         Fast mode: each object works in a window around its predicted position; an object that
         was present and is now lost or cut by its window's edge is tracked again with a window
-        twice as large (up to the whole grid), which it keeps from then on.
+        twice as large (up to the whole grid); the window then shrinks back step by step.
         """
         local = self.speed == "fast"
         with precision_mod.autocast(state.device, self.precision):
