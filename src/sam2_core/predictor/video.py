@@ -53,6 +53,8 @@ class SAM2VideoPredictor:
             edge) is tracked again on that frame with a window twice as large.
         reacquire_every: fast mode: an object reported absent is looked for on the whole grid
             every this many frames.
+        max_batch: at most this many objects go through memory attention together (bounds the
+            attention matrices' memory with many objects).
         precision: "fp32", "bf16", "fp16" or "auto" (reduced precision only where the device
             runs it faster than fp32); default "fp32" for exact, "auto" for fast.
         compile: ``torch.compile`` the model's image encoder and memory attention (in place;
@@ -76,6 +78,7 @@ class SAM2VideoPredictor:
         window_margin: int | None = None,
         reacquire: bool = True,
         reacquire_every: int = 8,
+        max_batch: int = 16,
         precision: str | None = None,
         compile: bool = False,
     ) -> None:
@@ -86,6 +89,7 @@ class SAM2VideoPredictor:
         self.window_margin = window_margin
         self.reacquire = reacquire
         self.reacquire_every = max(1, int(reacquire_every))
+        self.max_batch = max(1, int(max_batch))
         self.precision = precision_mod.resolve(precision or ("auto" if speed == "fast" else "fp32"), model.device)
         if compile:
             from sam2_core.compile import compile_model
@@ -537,7 +541,9 @@ class SAM2VideoPredictor:
             groups.setdefault((q_shape, mem.shape[0], n_ptr), []).append(i)
         out = []
         dtype = feats.vision_features.dtype
-        for (_, _, n_ptr), idx in groups.items():
+        batches = [(key, idx[s : s + self.max_batch]) for key, idx in groups.items()
+                   for s in range(0, len(idx), self.max_batch)]
+        for (_, _, n_ptr), idx in batches:
             ws = [windows[i] for i in idx]
             mem = torch.stack([built[i][0] for i in idx]).to(dtype)
             pos = torch.stack([built[i][1] for i in idx]).to(dtype)
