@@ -34,6 +34,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process, all threads (less sensitive than wall time to other load)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _movie(n_frames: int, shape: tuple[int, int], n_objects: int):
     sys.path.insert(0, str(ROOT / "src"))
     from sam2_core.simulate import simulate_timelapse
@@ -60,12 +68,16 @@ def worker(args: argparse.Namespace) -> dict:
     if args.mode == "speed":
         movie, points = _movie(args.frames + 1, (512, 512), args.objects)
     else:
-        import tifffile
+        try:
+            import tifffile
 
-        movie = tifffile.memmap(args.tiff)  # frames are read lazily by ours; Meta loads them all
+            movie = tifffile.memmap(args.tiff)  # frames are read lazily by ours; Meta loads them all
+        except ImportError:  # the reference venv has no tifffile: the same frames, saved as .npy
+            movie = np.load(Path(args.tiff).with_suffix(".npy"), mmap_mode="r")
         _, points = _movie(1, (512, 512), 1)
     source = FrameSource(movie)
     times: list[float] = []
+    cpu: list[float] = []
     if args.impl == "ours":
         from sam2_core import build_sam2
         from sam2_core.predictor.video import SAM2VideoPredictor
@@ -100,13 +112,15 @@ def worker(args: argparse.Namespace) -> dict:
     with torch.inference_mode():
         for k, p in enumerate(points[: args.objects], start=1):
             pred.add_new_points_or_box(state, 0, k, points=np.array([p], np.float32), labels=np.array([1]))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         for f, _, _ in pred.propagate_in_video(state):
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), _cpu_s()
             if f > 0:
                 times.append(t1 - t0)
-            t0 = t1
+                cpu.append(c1 - c0)
+            t0, c0 = t1, c1
     return {"impl": args.impl, "median_s": float(np.median(times)) if times else None,
+            "median_cpu_s": float(np.median(cpu)) if cpu else None,
             "frames": len(times) + 1, "peak_rss_mb": _peak_rss_mb(), "torch": torch.__version__}
 
 
@@ -156,14 +170,22 @@ def main() -> None:
         if args.mode == "speed":
             print(f"seconds per frame, {MODEL} (seeded random weights), {args.threads} threads, "
                   f"512x512 16-bit frames, median over {args.frames} tracked frames")
-            print(f"{'size':>5} {'objects':>7} " + " ".join(f"{i:>9}" for i, _ in impls) + ("   ratio" if len(impls) > 1 else ""))
+            print("wall = elapsed seconds; cpu = CPU seconds of the worker process (all threads), "
+                  "less sensitive to other load on the machine")
+            two = len(impls) > 1
+            print(f"{'size':>5} {'objects':>7} " + " ".join(f"{i + ' wall':>10}" for i, _ in impls)
+                  + ("   ratio" if two else "") + " " + " ".join(f"{i + ' cpu':>10}" for i, _ in impls)
+                  + ("   ratio" if two else ""))
             for size in args.sizes:
                 for n in args.objects:
                     r = {i: run(i, py, ckpt, "speed", [*common, "--size", str(size), "--objects", str(n),
                                               "--frames", str(args.frames)]) for i, py in impls}
-                    line = f"{size:>5} {n:>7} " + " ".join(f"{r[i]['median_s']:9.2f}" for i, _ in impls)
+                    line = f"{size:>5} {n:>7} " + " ".join(f"{r[i]['median_s']:10.2f}" for i, _ in impls)
                     if "meta" in r:
                         line += f"   {r['ours']['median_s'] / r['meta']['median_s']:.2f}x"
+                    line += " " + " ".join(f"{r[i]['median_cpu_s']:10.2f}" for i, _ in impls)
+                    if "meta" in r:
+                        line += f"   {r['ours']['median_cpu_s'] / r['meta']['median_cpu_s']:.2f}x"
                     print(line, flush=True)
         else:
             import numpy as np
@@ -176,7 +198,10 @@ def main() -> None:
                 movie, _ = _movie(min(n, 50), (512, 512), 1)
                 tif = Path(tmp) / f"movie_{n}.tif"
                 reps = -(-n // len(movie))
-                tifffile.imwrite(tif, np.concatenate([movie] * reps)[:n])  # uncompressed: memmap-able
+                stack = np.concatenate([movie] * reps)[:n]
+                tifffile.imwrite(tif, stack)  # uncompressed: memmap-able
+                np.save(tif.with_suffix(".npy"), stack)  # for a worker without tifffile (Meta's venv)
+                del stack
                 results[n] = {}
                 for i, py in impls:
                     if i == "meta" and n > 400:
