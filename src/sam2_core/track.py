@@ -262,6 +262,7 @@ def track_4d(
     device: str | None = None,
     contrast_limits: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    speed: str | None = None,
 ) -> np.ndarray:
     """Track objects in a 3D+t stack (T, Z, Y, X[, C]); returns (T, Z, Y, X) labels.
 
@@ -269,13 +270,14 @@ def track_4d(
     slice). (1) The volume at t0 is tracked through z in both directions from the prompted
     slices. (2) Each z slice is then tracked through time in both directions from t0, with the
     t0 masks as mask prompts. Every (t, z) plane is encoded once per step it takes part in.
+    ``speed`` is as in :func:`track`.
     """
     prompts = as_prompts(prompts)
     times = {int(p.frame) for p in prompts}
     if len(times) != 1 or any(p.z is None for p in prompts):
         raise ValueError("track_4d needs prompts in a single time point, each with a z index")
     t0 = times.pop()
-    predictor = _as_predictor(model, device)
+    predictor = _as_predictor(model, device, speed)
     shape = stack.shape
     if len(shape) not in (4, 5):
         raise ValueError(f"expected a (T, Z, Y, X[, C]) stack, got shape {shape}")
