@@ -9,13 +9,10 @@ measures what it gains on a machine.
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
 from torch import nn
-
-_logger = logging.getLogger(__name__)
 
 PARTS = ("image_encoder", "memory_attention")
 
