@@ -18,8 +18,8 @@ are printed with each section, since other jobs on a shared machine inflate the 
 2. automatic seeding: SAM2AutomaticMaskGenerator with grid and blob seeding on simulated nuclei
    (simulate_cells) with the bundled default model: seconds per image and per megapixel, masks
    found, and the fraction of true nuclei matched at IoU >= 0.5 (recall) and of masks matching a
-   nucleus (precision); once with the generator's default thresholds, then with thresholds that
-   suit the bundled model (--pred-iou-thresh, --stability-thresh). sam2.1_hiera_tiny at 1024 (random weights: time only) runs only when its
+   nucleus (precision); once with the generator's default thresholds (those calibrated for the
+   model and stored in its checkpoint), then with --pred-iou-thresh / --stability-thresh. sam2.1_hiera_tiny at 1024 (random weights: time only) runs only when its
    projected time (encoder + one measured decoder batch x batches) fits --tiny-auto-budget.
 3. tiling: segment_tiled on large simulated images with the default model, time and peak RSS vs
    tile count; TiledImagePredictor first click in a tile (encode + decode) vs a click in an
@@ -432,9 +432,12 @@ def main() -> None:
                              f"{args.tiny_auto_budget:.0f} s ({n_seeds} seeds = {-(-n_seeds // 64)} decoder batches "
                              f"of 64; encoder + seeding + one batch measured {spent:.1f} s); grid seeding (1024 "
                              f"seeds, 16 batches) skipped as well")
+            rec = default.recommended
             notes.append("(tiny: random weights, masks not meaningful, time only. Default model rows: "
-                         f"iou/stab = pred_iou_thresh/stability_score_thresh; the generator's defaults 0.7/0.9 "
-                         "are Meta's, the bundled model's IoU head predicts ~0.35-0.55)")
+                         "iou/stab = pred_iou_thresh/stability_score_thresh; the generator's defaults are the "
+                         "thresholds calibrated for the model's weights and stored in its checkpoint ("
+                         + (f"{rec['pred_iou_thresh']}/{rec['stability_score_thresh']} for the bundled model"
+                            if rec else "none stored: Meta's 0.7/0.9") + "))")
             print_auto(rows, notes, args.threads)
 
         if "tiling" in args.sections:

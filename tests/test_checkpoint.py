@@ -49,6 +49,25 @@ def test_our_format_round_trip_with_custom_config(tmp_path):
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_recommended_settings_round_trip_and_reach_the_generator(tmp_path):
+    """Thresholds calibrated for a model's weights travel in its checkpoint to the generator."""
+    from sam2_core import SAM2AutomaticMaskGenerator
+    from sam2_core.checkpoint import read_checkpoint_full
+
+    model = build_sam2("default", pretrained=False, device="cpu")
+    assert model.recommended == {}
+    assert SAM2AutomaticMaskGenerator(model).pred_iou_thresh == 0.7  # Meta's when nothing is stored
+    model.recommended = {"pred_iou_thresh": 0.4, "stability_score_thresh": 0.8}
+    path = save_checkpoint(model, tmp_path / "m.pt")
+    assert read_checkpoint_full(path)[2] == model.recommended
+    again = build_sam2(checkpoint=path, device="cpu")
+    assert again.recommended == model.recommended
+    gen = SAM2AutomaticMaskGenerator(again)
+    assert (gen.pred_iou_thresh, gen.stability_score_thresh) == (0.4, 0.8)
+    explicit = SAM2AutomaticMaskGenerator(again, pred_iou_thresh=0.9, stability_score_thresh=0.95)
+    assert (explicit.pred_iou_thresh, explicit.stability_score_thresh) == (0.9, 0.95)
+
+
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         build_sam2(checkpoint="/definitely/nope.pt")

@@ -148,11 +148,39 @@ def test_cli_train_on_labelled_stack(tmp_path, capsys):
     assert "must pair up" in capsys.readouterr().err
 
 
-def test_bundled_recipe_runs_both_phases(tmp_path):
-    from sam2_core.train.recipe import train_bundled
+def test_bundled_recipe_runs_all_phases(tmp_path):
+    from sam2_core.train.recipe import PHASE_C, train_bundled
 
     hist = train_bundled(tmp_path / "d.pt", steps=3, progress=False)
-    assert len(hist) == 1  # phase B's log (phase A: 2 steps, in d.phaseA.pt)
+    assert len(hist) == 1  # phase C's log (phases A and B: 1 step each, in d.phaseA.pt / d.phaseB.pt)
     a = torch.load(tmp_path / "d.phaseA.pt", weights_only=True)
-    assert a["step"] == 2 and a["train_config"]["clip_len"] == 1
+    assert a["step"] == 1 and a["train_config"]["clip_len"] == 1
+    b = torch.load(tmp_path / "d.phaseB.pt", weights_only=True)
+    assert b["step"] == 1 and b["train_config"]["clip_len"] == 4
+    c = torch.load(tmp_path / "d.pt", weights_only=True)
+    assert c["train_config"]["prob_single"] == PHASE_C.prob_single > 0
     assert build_sam2(checkpoint=tmp_path / "d.pt", device="cpu").config == DEFAULT_CONFIG
+
+
+def test_single_frame_steps_mix_in(tmp_path):
+    """prob_single: that share of steps trains on one prompted frame (click segmentation)."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TrainConfig(), steps=6, clip_len=3, max_objects=2, prob_single=0.5, single_objects=3,
+                  prob_mask=0.5, prob_box=0.2, save_every=100)
+    pool = SimulatedPool(64, size=2, movie_len=4, seed=0)
+    hist = train(SAM2Model(TINY), pool, cfg, tmp_path / "m.pt", progress=False)
+    frames = [r["frames"] for r in hist]
+    assert set(frames) == {1, 3}, frames  # both kinds of step ran (seeded)
+    assert all(np.isfinite(r["total"]) for r in hist)  # single frames never draw a (loss-less) mask prompt
+
+
+def test_calibrate_generator_picks_the_best_thresholds():
+    from sam2_core.train.evaluate import calibrate_generator
+
+    torch.manual_seed(0)
+    model = SAM2Model(TINY).eval()
+    r = calibrate_generator(model, n_images=1, size=64, iou_grid=(-1.0, 2.0), stability_grid=(-1.0,))
+    assert set(r["table"]) == {(-1.0, -1.0), (2.0, -1.0)}
+    assert r["table"][(2.0, -1.0)] == 0.0  # a predicted IoU above 2 never occurs: nothing found
+    assert r["f1"] == max(r["table"].values())
+    assert (r["pred_iou_thresh"], r["stability_score_thresh"]) == max(r["table"], key=lambda k: (r["table"][k], k))

@@ -491,9 +491,8 @@ class Controller:
             session = self._ensure_session()
             image = view.stack_of(data)[frame]
             with session.lock:
-                # thresholds below Meta's defaults: cells are low-contrast, few-pixel objects
-                gen = SAM2AutomaticMaskGenerator(session.model, seeding="blobs", pred_iou_thresh=0.5,
-                                                 stability_score_thresh=0.8)
+                # thresholds: those calibrated for the model's weights, else Meta's
+                gen = SAM2AutomaticMaskGenerator(session.model, seeding="blobs")
                 records = gen.generate(image, contrast_limits=limits)
             return records_to_labels(records, view.frame_shape)
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sam2_core.train.evaluate import match_score as score
+
 
 def _model(model: str, device: str | None):
     from napari_sam2._session import load_model
@@ -29,33 +31,6 @@ def _model(model: str, device: str | None):
     return load_model(model, device=device), note
 
 
-def score(pred: np.ndarray, truth: np.ndarray, thresh: float = 0.5) -> dict[str, float]:
-    """Per-frame instance matching (IoU > ``thresh``): F1 of detection and mean IoU of matches."""
-    tp = fp = fn = 0
-    ious = []
-    for p, t in zip(pred, truth):
-        p_ids = [i for i in np.unique(p) if i]
-        t_ids = [i for i in np.unique(t) if i]
-        matched_t = set()
-        for i in p_ids:
-            m = p == i
-            cand, counts = np.unique(t[m], return_counts=True)
-            best, best_iou = 0, 0.0
-            for j, c in zip(cand, counts):
-                if j == 0:
-                    continue
-                iou = c / np.logical_or(m, t == j).sum()
-                if iou > best_iou:
-                    best, best_iou = j, iou
-            if best_iou > thresh and best not in matched_t:
-                tp += 1
-                matched_t.add(best)
-                ious.append(best_iou)
-            else:
-                fp += 1
-        fn += len(set(t_ids) - matched_t)
-    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
-    return {"f1": f1, "mean_iou": float(np.mean(ious)) if ious else 0.0, "tp": tp, "fp": fp, "fn": fn}
 
 
 def run_demo(out: Path, *, model: str = "default", device: str | None = None, frames: int = 30) -> Path:

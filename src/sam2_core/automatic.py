@@ -114,6 +114,12 @@ class SAM2AutomaticMaskGenerator:
         point_grids, min_mask_region_area, output_mode ("binary_mask" only), multimask_output.
         Ours: ``seeding`` "grid" or "blobs"; ``blob_kwargs`` for :func:`blob_points`;
         ``max_mask_fraction`` drops masks covering more of the crop (background).
+
+    ``pred_iou_thresh`` and ``stability_score_thresh`` left at None take the values calibrated for
+    the model's weights (``model.recommended``, stored in its checkpoint; see
+    :func:`sam2_core.train.evaluate.calibrate_generator`), else Meta's 0.7 / 0.9. A model's IoU
+    head is only as calibrated as its training: the bundled model's predicted IoUs run lower than
+    Meta's, and fixed thresholds would reject every mask.
     """
 
     def __init__(
@@ -121,8 +127,8 @@ class SAM2AutomaticMaskGenerator:
         model: Any,
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
-        pred_iou_thresh: float = 0.7,
-        stability_score_thresh: float = 0.9,
+        pred_iou_thresh: float | None = None,
+        stability_score_thresh: float | None = None,
         stability_score_offset: float = 0.7,
         mask_threshold: float = 0.0,
         box_nms_thresh: float = 0.5,
@@ -147,7 +153,10 @@ class SAM2AutomaticMaskGenerator:
             raise ValueError(f"seeding must be 'grid' or 'blobs', got {seeding!r}")
         self.predictor = model if isinstance(model, SAM2ImagePredictor) else SAM2ImagePredictor(model)
         self.points_per_side, self.points_per_batch = points_per_side, points_per_batch
-        self.pred_iou_thresh, self.stability_score_thresh = pred_iou_thresh, stability_score_thresh
+        rec = getattr(self.predictor.model, "recommended", None) or {}
+        self.pred_iou_thresh = float(rec.get("pred_iou_thresh", 0.7) if pred_iou_thresh is None else pred_iou_thresh)
+        self.stability_score_thresh = float(rec.get("stability_score_thresh", 0.9) if stability_score_thresh is None
+                                            else stability_score_thresh)
         self.stability_score_offset, self.mask_threshold = stability_score_offset, mask_threshold
         self.box_nms_thresh, self.crop_nms_thresh = box_nms_thresh, crop_nms_thresh
         self.crop_n_layers, self.crop_overlap_ratio = crop_n_layers, crop_overlap_ratio

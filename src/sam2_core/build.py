@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from sam2_core.checkpoint import CheckpointError, identify_variant, load_into, read_checkpoint
+from sam2_core.checkpoint import CheckpointError, identify_variant, load_into, read_checkpoint_full
 from sam2_core.config import DEFAULT_CONFIG, OFFICIAL_CONFIGS, SAM2Config
 from sam2_core.modeling.sam2 import SAM2Model
 
@@ -101,10 +101,11 @@ def build_sam2(
     """
     state = None
     source = ""
+    recommended: dict[str, float] = {}
     if checkpoint is None and pretrained and config is None:
         checkpoint = _resolve_checkpoint(name)
     if checkpoint is not None:
-        state, stored = read_checkpoint(checkpoint)
+        state, stored, recommended = read_checkpoint_full(checkpoint)
         source = str(checkpoint)
         if stored is not None:
             config = stored
@@ -126,4 +127,5 @@ def build_sam2(
     model = SAM2Model(config)
     if state is not None:
         load_into(model, state, source)
+    model.recommended = recommended
     return model.eval().to(select_device(device))

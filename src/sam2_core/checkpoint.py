@@ -37,6 +37,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], S
         FileNotFoundError: no such file.
         CheckpointError: unreadable, truncated, or not a state dict.
     """
+    state, config, _ = read_checkpoint_full(path)
+    return state, config
+
+
+def read_checkpoint_full(
+    path: str | os.PathLike,
+) -> tuple[dict[str, torch.Tensor], SAM2Config | None, dict[str, float]]:
+    """:func:`read_checkpoint` plus the model's recommended settings stored with it
+    (``"recommended"``: e.g. the automatic generator's calibrated thresholds; empty if none)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -48,9 +57,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], S
             "If it was downloaded or copied, it may be truncated: compare its size and SHA-256 "
             "with the published ones, or fetch it again with `napari-sam2 models download NAME`."
         ) from None
-    config = None
+    config, recommended = None, {}
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         state = obj["model"]
+        rec = obj.get("recommended")
+        if isinstance(rec, dict):
+            recommended = {str(k): float(v) for k, v in rec.items() if isinstance(v, (int, float))}
         if isinstance(obj.get("config"), dict):
             try:
                 config = SAM2Config.from_dict(obj["config"])
@@ -67,7 +79,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], S
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {bad[:_MAX_LISTED]}")
-    return state, config
+    return state, config, recommended
 
 
 @functools.lru_cache(maxsize=16)
@@ -156,6 +168,8 @@ def save_checkpoint(
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": model.config.to_dict(),  # type: ignore[operator]
     }
+    if getattr(model, "recommended", None):
+        payload["recommended"] = dict(model.recommended)  # type: ignore[arg-type]
     payload.update(extra or {})
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
     os.close(fd)

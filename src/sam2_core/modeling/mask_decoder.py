@@ -72,6 +72,7 @@ class MaskDecoder(nn.Module):
         multimask_output: bool,
         repeat_image: bool,
         high_res_features: list[torch.Tensor] | None = None,
+        image_side: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Decode masks.
 
@@ -83,6 +84,9 @@ class MaskDecoder(nn.Module):
             multimask_output: return the 3 multimask outputs instead of the single one.
             repeat_image: repeat a single image embedding for each of the B prompts.
             high_res_features: [(B|1, C/8, 4h, 4w), (B|1, C/4, 2h, 2w)].
+            image_side: the prompt-independent projections of the first two-way block for
+                ``image_embeddings + dense`` (:meth:`image_side`), computed once per image; the
+                image and its ``dense`` prompt then have batch 1, shared by the B prompts.
 
         Returns:
             masks (B, 3|1, 4h, 4w) logits, iou (B, 3|1), tokens for the object pointer
@@ -95,6 +99,7 @@ class MaskDecoder(nn.Module):
             dense_prompt_embeddings,
             repeat_image,
             high_res_features,
+            image_side,
         )
         if multimask_output:
             masks, iou = masks[:, 1:], iou[:, 1:]
@@ -115,6 +120,7 @@ class MaskDecoder(nn.Module):
         dense: torch.Tensor,
         repeat_image: bool,
         high_res_features: list[torch.Tensor] | None,
+        image_side: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """All 4 masks (B, 4, 4h, 4w), IoU (B, 4), mask tokens (B, 4, C), object logits (B, 1)."""
         out_tokens = torch.cat(
@@ -122,7 +128,9 @@ class MaskDecoder(nn.Module):
         )
         b = sparse.shape[0]
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
-        if repeat_image:
+        if image_side is not None:  # one image shared by the B prompts, broadcast in the first block
+            src = image_embeddings
+        elif repeat_image:
             src = torch.repeat_interleave(image_embeddings, b, dim=0)
         else:
             if image_embeddings.shape[0] != b:
@@ -132,9 +140,12 @@ class MaskDecoder(nn.Module):
                 )
             src = image_embeddings
         src = src + dense
-        pos_src = image_pe if image_pe.shape[0] == b else torch.repeat_interleave(image_pe, b, dim=0)
+        if image_side is not None or image_pe.shape[0] == b:
+            pos_src = image_pe
+        else:
+            pos_src = torch.repeat_interleave(image_pe, b, dim=0)
         _, c, h, w = src.shape
-        hs, src = self.transformer(src, pos_src, tokens)
+        hs, src = self.transformer(src, pos_src, tokens, image_side)
         iou_token_out = hs[:, 1, :]
         mask_tokens_out = hs[:, 2 : 2 + self.num_mask_tokens, :]
         src = src.transpose(1, 2).reshape(b, c, h, w)
@@ -154,6 +165,13 @@ class MaskDecoder(nn.Module):
         iou_pred = self.iou_prediction_head(iou_token_out)
         obj_logits = self.pred_obj_score_head(hs[:, 0, :])
         return masks, iou_pred, mask_tokens_out, obj_logits
+
+    def image_side(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                   dense: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The first two-way block's prompt-independent projections of one image (batch 1):
+        pass them as ``image_side=`` to decode many prompts on that image for less."""
+        keys, key_pe = self.transformer.image_tokens(image_embeddings + dense, image_pe)
+        return self.transformer.layers[0].image_side(keys, key_pe)
 
     def _dynamic_multimask_via_stability(
         self, all_masks: torch.Tensor, all_iou: torch.Tensor

@@ -86,6 +86,9 @@ class SAM2Model(nn.Module):
     def __init__(self, config: SAM2Config) -> None:
         super().__init__()
         self.config = config
+        # settings calibrated for these weights (stored in the checkpoint), e.g. the automatic
+        # generator's "pred_iou_thresh" / "stability_score_thresh"; empty: the usual defaults
+        self.recommended: dict[str, float] = {}
         c, cm, t = config.d_model, config.mem_dim, config.trunk
         self.image_size = config.image_size
         self.num_maskmem = config.num_maskmem

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from sam2_core import transforms as T
-from sam2_core.modeling.common import split_heads
 from sam2_core.modeling.sam2 import ImageFeatures, SAM2Model
 
 
@@ -253,10 +252,11 @@ class SAM2ImagePredictor:
         return cached[1]
 
     def _static_parts(self, image_index: int) -> dict[str, torch.Tensor]:
-        """Prompt-independent decoder inputs and first-block projections of one image (no mask)."""
+        """The decoder's prompt-independent work on one image without a mask prompt
+        (:meth:`MaskDecoder.image_side`), cached until the image or the weights change."""
         dec, pe = self.model.sam_mask_decoder, self.model.sam_prompt_encoder
-        layer0 = dec.transformer.layers[0]
-        t2i, i2t = layer0.cross_attn_token_to_image, layer0.cross_attn_image_to_token
+        t2i = dec.transformer.layers[0].cross_attn_token_to_image
+        i2t = dec.transformer.layers[0].cross_attn_image_to_token
         # weights changed in place (load_state_dict, copy_, mul_ ...) bump these version counters
         used = (pe.no_mask_embed.weight, pe.pe_layer.positional_encoding_gaussian_matrix, t2i.k_proj.weight,
                 t2i.k_proj.bias, t2i.v_proj.weight, t2i.v_proj.bias, i2t.q_proj.weight, i2t.q_proj.bias)
@@ -267,17 +267,9 @@ class SAM2ImagePredictor:
         image_pe = self._dense_pe()
         h, w = pe.image_embedding_size
         dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)
-        src = self._image_embed[image_index : image_index + 1] + dense  # as MaskDecoder.predict_masks
-        keys = src.flatten(2).permute(0, 2, 1)  # as TwoWayTransformer.forward
-        key_pe = image_pe.flatten(2).permute(0, 2, 1)
-        k = keys + key_pe
-        st = {
-            "version": version, "image_pe": image_pe, "keys": keys, "key_pe": key_pe,
-            "t2i_k": split_heads(t2i.k_proj(k), t2i.num_heads),
-            "t2i_v": split_heads(t2i.v_proj(keys), t2i.num_heads),
-            # contiguous: the CPU attention kernel is ~2x faster on it for 4096 queries (same result)
-            "i2t_q": split_heads(i2t.q_proj(k), i2t.num_heads).contiguous(),
-        }
+        image = self._image_embed[image_index : image_index + 1]
+        st = {"version": version, "image_pe": image_pe, "dense": dense,
+              "side": dec.image_side(image, image_pe, dense)}
         self._static[image_index] = st
         return st
 
@@ -310,71 +302,14 @@ class SAM2ImagePredictor:
         return low_res, iou
 
     def _can_cache_decoder(self) -> bool:
-        """The cached path skips the decoder module's call: not in training, nor when hooks watch it."""
-        from torch.nn.modules import module as nn_module
-
-        dec = self.model.sam_mask_decoder
-        watched = (dec._forward_hooks or dec._forward_pre_hooks or nn_module._global_forward_hooks
-                   or nn_module._global_forward_pre_hooks)
-        return self.fast_decoder and not self.model.training and not dec.training and not watched
+        """The per-image decoder cache holds for inference (weights fixed between clicks)."""
+        return self.fast_decoder and not self.model.training and not self.model.sam_mask_decoder.training
 
     def _decode_cached(self, sparse, multimask_output, image_index, high_res):
-        """``MaskDecoder.forward`` (no mask input) with the first block's image side precomputed.
-
-        Same operations in the same order as MaskDecoder.predict_masks / TwoWayTransformer /
-        TwoWayAttentionBlock (tests/test_image_predictor.py checks the two agree).
-        """
+        """The decoder on one image's cached prompt-independent parts (see :meth:`_static_parts`)."""
         st = self._static_parts(image_index)
-        dec = self.model.sam_mask_decoder
-        tr = dec.transformer
-        b = sparse.shape[0]
-        out_tokens = torch.cat([dec.obj_score_token.weight, dec.iou_token.weight, dec.mask_tokens.weight], dim=0)
-        tokens = torch.cat([out_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
-        keys, key_pe, query_pe = st["keys"], st["key_pe"], tokens
-        # first two-way block, image-side projections taken from the cache
-        layer0 = tr.layers[0]
-        queries = tokens
-        if layer0.skip_first_layer_pe:
-            queries = layer0.self_attn(queries, queries, queries)
-        else:
-            q = queries + query_pe
-            queries = queries + layer0.self_attn(q, q, queries)
-        queries = layer0.norm1(queries)
-        t2i = layer0.cross_attn_token_to_image
-        qh = split_heads(t2i.q_proj(queries + query_pe), t2i.num_heads)
-        kh, vh = (st[n].expand(b, -1, -1, -1) for n in ("t2i_k", "t2i_v"))
-        queries = layer0.norm2(queries + t2i._attend(qh, kh, vh))
-        queries = layer0.norm3(queries + layer0.mlp(queries))
-        i2t = layer0.cross_attn_image_to_token
-        q = queries + query_pe
-        kh = split_heads(i2t.k_proj(q), i2t.num_heads)
-        vh = split_heads(i2t.v_proj(queries), i2t.num_heads)
-        keys = layer0.norm4(keys + i2t._attend(st["i2t_q"].expand(b, -1, -1, -1), kh, vh))
-        for layer in tr.layers[1:]:
-            queries, keys = layer(queries, keys, query_pe, key_pe)
-        q, k = queries + query_pe, keys + key_pe
-        hs = tr.norm_final_attn(queries + tr.final_attn_token_to_image(q, k, keys))
-        # the rest of MaskDecoder.predict_masks
-        iou_token_out = hs[:, 1, :]
-        mask_tokens_out = hs[:, 2 : 2 + dec.num_mask_tokens, :]
-        _, c, h, w = st["image_pe"].shape
-        src = keys.transpose(1, 2).reshape(b, c, h, w)
-        if high_res is None:
-            upscaled = dec.output_upscaling(src)
-        else:
-            dc1, ln1, act1, dc2, act2 = dec.output_upscaling
-            feat_s0, feat_s1 = high_res
-            upscaled = act1(ln1(dc1(src) + feat_s1))
-            upscaled = act2(dc2(upscaled) + feat_s0)
-        hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(dec.output_hypernetworks_mlps)], dim=1
-        )
-        _, c8, uh, uw = upscaled.shape
-        all_masks = (hyper_in @ upscaled.view(b, c8, uh * uw)).view(b, -1, uh, uw)
-        all_iou = dec.iou_prediction_head(iou_token_out)
-        # MaskDecoder.forward's choice of outputs
-        if multimask_output:
-            return all_masks[:, 1:], all_iou[:, 1:]
-        if dec.dynamic_multimask_via_stability and not dec.training:
-            return dec._dynamic_multimask_via_stability(all_masks, all_iou)
-        return all_masks[:, 0:1], all_iou[:, 0:1]
+        low_res, iou, _, _ = self.model.sam_mask_decoder(
+            self._image_embed[image_index : image_index + 1], st["image_pe"], sparse, st["dense"],
+            multimask_output=multimask_output, repeat_image=False, high_res_features=high_res,
+            image_side=st["side"])
+        return low_res, iou

@@ -46,6 +46,35 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
+def match_score(pred: np.ndarray, truth: np.ndarray, thresh: float = 0.5) -> dict[str, float]:
+    """Per-frame instance matching (IoU > ``thresh``): F1 of detection and mean IoU of matches."""
+    tp = fp = fn = 0
+    ious = []
+    for p, t in zip(pred, truth):
+        p_ids = [i for i in np.unique(p) if i]
+        t_ids = [i for i in np.unique(t) if i]
+        matched_t = set()
+        for i in p_ids:
+            m = p == i
+            cand, counts = np.unique(t[m], return_counts=True)
+            best, best_iou = 0, 0.0
+            for j, c in zip(cand, counts):
+                if j == 0:
+                    continue
+                iou = c / np.logical_or(m, t == j).sum()
+                if iou > best_iou:
+                    best, best_iou = j, iou
+            if best_iou > thresh and best not in matched_t:
+                tp += 1
+                matched_t.add(best)
+                ious.append(best_iou)
+            else:
+                fp += 1
+        fn += len(set(t_ids) - matched_t)
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    return {"f1": f1, "mean_iou": float(np.mean(ious)) if ious else 0.0, "tp": tp, "fp": fp, "fn": fn}
+
+
 def _objects(sim: SimulatedMovie, frame: int, max_objects: int, rng, min_area: int = 20) -> list[int]:
     ids, areas = np.unique(sim.labels[frame], return_counts=True)
     ids = [int(i) for i, a in zip(ids, areas) if i > 0 and a >= min_area]
@@ -104,3 +133,38 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
     med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
     return Metrics(med(clicks), med(tracked), float(np.mean(absent)) if absent else float("nan"), med(divided),
                    len(clicks), len(tracked), len(absent), len(divided), seconds / max(frames_done, 1))
+
+
+CALIBRATION_SEED = 20_000  # calibration images: neither training (1_000_001+) nor held-out (10_000+)
+
+
+def calibrate_generator(model, n_images: int = 6, size: int = 256, seed: int = CALIBRATION_SEED,
+                        iou_grid: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+                        stability_grid: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9), **generator_kwargs) -> dict:
+    """The automatic generator's thresholds that give the best detection F1 for ``model``.
+
+    Runs :class:`~sam2_core.automatic.SAM2AutomaticMaskGenerator` (blob seeding unless
+    ``generator_kwargs`` say otherwise) on the first frames of ``n_images`` simulated movies at
+    every (pred_iou_thresh, stability_score_thresh) pair of the grids and scores its labels against
+    the truth (:func:`match_score`, IoU > 0.5). Store the result as ``model.recommended`` and save
+    the checkpoint: the generator then uses it by default.
+
+    Returns ``{"pred_iou_thresh", "stability_score_thresh", "f1", "table": {(iou, stab): f1}}``.
+    """
+    from sam2_core.automatic import SAM2AutomaticMaskGenerator, records_to_labels
+    from sam2_core.predictor.image import SAM2ImagePredictor
+
+    predictor = SAM2ImagePredictor(model)  # one predictor: each image is encoded once
+    images = [simulate_cells(1, (size, size), seed=seed + i) for i in range(n_images)]
+    kwargs = {"seeding": "blobs", **generator_kwargs}
+    table = {}
+    for iou_t in iou_grid:
+        for stab_t in stability_grid:
+            gen = SAM2AutomaticMaskGenerator(predictor, pred_iou_thresh=iou_t, stability_score_thresh=stab_t, **kwargs)
+            tp = fp = fn = 0
+            for sim in images:
+                s = match_score(records_to_labels(gen.generate(sim.movie[0]), (size, size))[None], sim.labels[:1])
+                tp, fp, fn = tp + s["tp"], fp + s["fp"], fn + s["fn"]
+            table[(iou_t, stab_t)] = 2 * tp / max(2 * tp + fp + fn, 1)
+    (best_iou, best_stab), f1 = max(table.items(), key=lambda kv: (kv[1], kv[0][0], kv[0][1]))
+    return {"pred_iou_thresh": best_iou, "stability_score_thresh": best_stab, "f1": f1, "table": table}

@@ -43,6 +43,8 @@ class TrainConfig:
     warmup: int = 100
     clip_len: int = 6
     short_clip_steps: int = 0  # clips of 2 frames before this step (cheap: learn to segment first)
+    prob_single: float = 0.0  # share of steps on one prompted frame (keeps click segmentation sharp)
+    single_objects: int = 8  # objects on those single-frame steps
     max_objects: int = 4
     prob_box: float = 0.3
     prob_mask: float = 0.1
@@ -69,7 +71,8 @@ def _prompt_frame(model: SAM2Model, feats, clip: Clip, cfg: TrainConfig, rng: np
     pix = model.add_no_mem_embed(vision)
     high = [h[0:1].expand(k, -1, -1, -1) for h in feats.high_res]
     losses = []
-    kind = rng.choice(["click", "box", "mask"], p=[1 - cfg.prob_box - cfg.prob_mask, cfg.prob_box, cfg.prob_mask])
+    p_mask = cfg.prob_mask if clip.frames.shape[0] > 1 else 0.0  # a mask prompt alone teaches nothing
+    kind = rng.choice(["click", "box", "mask"], p=[1 - cfg.prob_box - p_mask, cfg.prob_box, p_mask])
     if kind == "mask":
         heads = model.use_mask_as_output(vision, high, clip.targets[:, 0:1])
         return heads, losses
@@ -166,6 +169,7 @@ def train(
         history = list(extra.get("history", []))
         _logger.info("resuming %s at step %d", out, start)
     rng = np.random.default_rng([cfg.seed, start])
+    step_rng = np.random.default_rng([cfg.seed, start, 1])  # its own stream: old runs resume unchanged
     torch.manual_seed(cfg.seed + start)
     bar = None
     if progress:
@@ -180,7 +184,10 @@ def train(
     end = cfg.steps if until is None else min(until, cfg.steps)
     for step in range(start, end):
         t0 = time.perf_counter()
-        clip = data.sample(2 if step < cfg.short_clip_steps else cfg.clip_len, cfg.max_objects)
+        if cfg.prob_single > 0 and step_rng.uniform() < cfg.prob_single:
+            clip = data.sample(1, cfg.single_objects)
+        else:
+            clip = data.sample(2 if step < cfg.short_clip_steps else cfg.clip_len, cfg.max_objects)
         for g in opt.param_groups:
             g["lr"] = cfg.lr_at(step)
         losses = clip_forward(model, clip, cfg, rng)
@@ -189,7 +196,7 @@ def train(
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         row = {k: float(v.detach()) for k, v in losses.items()}
-        row.update(step=step, lr=cfg.lr_at(step), seconds=time.perf_counter() - t0)
+        row.update(step=step, lr=cfg.lr_at(step), seconds=time.perf_counter() - t0, frames=int(clip.frames.shape[0]))
         history.append(row)
         if bar is not None:
             recent = history[-50:]
