@@ -14,9 +14,11 @@ fidelity: held-out simulated movies (sam2_core.simulate_cells, seeds from 10000)
     the frames where it is visible; a divided cell's truth is its daughters' union).
 speed: seconds per tracked frame (median) for sam2.1_hiera_tiny (seeded random weights) on
     size x size 16-bit frames, objects prompted with their true masks on frame 0: the exact path
-    for 1 object, the fast path for each object count. Random weights give arbitrary masks, so
-    windows there are kept at the size the true cells need (window growth off); the fidelity
-    run measures what growth costs and gains with a trained model.
+    for 1 object, the fast path for each object count. Random weights give arbitrary, sprawling
+    masks that would grow every window to the whole grid, so the fast runs cap windows at the
+    side the largest true cell needs (max_window_side: its box x 1.5 plus the margin; printed),
+    as a user with cells of known size would; the fidelity run measures what window growth
+    costs and gains with a trained model.
 """
 
 from __future__ import annotations
@@ -129,10 +131,19 @@ def speed(args) -> None:
     print(f"sam2.1_hiera_tiny (seeded random weights) at {args.size}, {args.threads} threads, "
           f"{args.size}x{args.size} frames, {len(cells)} cells available, median over {args.frames} frames")
 
+    from sam2_core.predictor import windows as win
+
+    grid = args.size // win.INPUT_PER_TOKEN
+    box_px = max(max(np.ptp(np.nonzero(sim.labels[0] == c)[0]), np.ptp(np.nonzero(sim.labels[0] == c)[1])) + 1
+                 for c in cells)
+    cap = win.window_side(1.5 * box_px / win.INPUT_PER_TOKEN, win.auto_margin(grid))
+    print(f"largest cell box {box_px} px = {box_px / win.INPUT_PER_TOKEN:.1f} tokens; fast runs: "
+          f"max_window_side {cap} tokens of the {grid}-token grid")
+
     def measure(speed_mode: str, n: int) -> tuple[float, int]:
         kw = {"speed": speed_mode}
         if speed_mode == "fast":
-            kw["reacquire"] = False
+            kw.update(reacquire=False, max_window_side=cap)
         pred = SAM2VideoPredictor(model, **kw)
         state = pred.init_state(sim.movie)
         for cid in cells[:n]:

@@ -169,6 +169,25 @@ def test_fast_mode_corrections_and_reverse(bundled):
     assert (m6 & truth6).sum() / (m6 | truth6).sum() > 0.5
 
 
+def test_max_window_side_caps_every_window(tiny256):
+    """Random weights give sprawling masks that would push windows to the whole grid; a cap
+    keeps every window (and so the cost per object) bounded."""
+    movie = np.random.default_rng(0).integers(0, 4000, (6, 256, 256)).astype(np.uint16)
+    mask = np.zeros((256, 256), bool)
+    mask[100:120, 90:112] = True
+    with pytest.raises(ValueError, match="at least 4"):
+        SAM2VideoPredictor(tiny256, speed="fast", max_window_side=2)
+    pred = SAM2VideoPredictor(tiny256, speed="fast", max_window_side=9)  # rounded down to 8
+    assert pred.max_window_side == 8 and pred.provenance()["max_window_side"] == 8
+    state = pred.init_state(movie)
+    pred.add_new_mask(state, 0, 1, mask)
+    list(pred.propagate_low_res(state))
+    outs = [state.objects[1].non_cond[f] for f in range(1, 6)]
+    assert all(o.window is None or o.window[2:] == (8, 8) for o in outs)
+    assert sum(o.window is not None for o in outs) >= 4  # at most the periodic whole-grid search
+    pred.close_state(state)
+
+
 def test_compile_falls_back_to_eager_with_a_warning(tiny256, monkeypatch):
     from sam2_core import compile as sam2_compile
 

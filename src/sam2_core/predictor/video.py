@@ -53,6 +53,10 @@ class SAM2VideoPredictor:
             edge) is tracked again on that frame with a window twice as large.
         reacquire_every: fast mode: an object reported absent is looked for on the whole grid
             every this many frames.
+        max_window_side: fast mode: no window grows past this many feature tokens (a token is
+            16 model-input pixels). For dense fields of cells of known maximum size: an object
+            whose mask outgrows the cap is cut at the window's edge instead of moving to the
+            whole grid, which bounds the cost per object. None: windows grow as needed.
         max_batch: at most this many objects go through memory attention together (bounds the
             attention matrices' memory with many objects).
         precision: "fp32", "bf16", "fp16" or "auto" (reduced precision only where the device
@@ -78,6 +82,7 @@ class SAM2VideoPredictor:
         window_margin: int | None = None,
         reacquire: bool = True,
         reacquire_every: int = 8,
+        max_window_side: int | None = None,
         max_batch: int = 16,
         precision: str | None = None,
         compile: bool = False,
@@ -89,6 +94,9 @@ class SAM2VideoPredictor:
         self.window_margin = window_margin
         self.reacquire = reacquire
         self.reacquire_every = max(1, int(reacquire_every))
+        if max_window_side is not None and int(max_window_side) < win.QUANTUM:
+            raise ValueError(f"max_window_side must be at least {win.QUANTUM} tokens, got {max_window_side}")
+        self.max_window_side = None if max_window_side is None else int(max_window_side) // win.QUANTUM * win.QUANTUM
         self.max_batch = max(1, int(max_batch))
         self.precision = precision_mod.resolve(precision or ("auto" if speed == "fast" else "fp32"), model.device)
         if compile:
@@ -113,7 +121,8 @@ class SAM2VideoPredictor:
         return {"software": f"napari-sam2 {__version__}", "model": self.model.config.name,
                 "image_size": self.image_size, "speed": self.speed,
                 "precision": precision_mod.name(self.precision),
-                **({"window_margin": self.window_margin or "auto"} if self.speed == "fast" else {})}
+                **({"window_margin": self.window_margin or "auto"} if self.speed == "fast" else {}),
+                **({"max_window_side": self.max_window_side} if self.speed == "fast" and self.max_window_side else {})}
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "default", **kwargs: Any) -> SAM2VideoPredictor:
@@ -417,12 +426,16 @@ class SAM2VideoPredictor:
         if self.speed == "fast":
             grid = tuple(feats.vision_features.shape[-2:])
             out.center, out.box_side = win.mask_stats(out.pred_masks[0, 0], None)
-            side = win.window_side(out.box_side, self._margin(grid))
-            obj.window_side = side if obj.window_side is None else max(obj.window_side, side)
+            side = self._cap(win.window_side(out.box_side, self._margin(grid)))
+            obj.window_side = side if obj.window_side is None else self._cap(max(obj.window_side, side))
             out.window = win.place(out.center, obj.window_side, grid) if out.center is not None else None
             obj.last_seen = out.center or obj.last_seen
             mem = win.crop(mem, out.window)
         out.maskmem_features = mem.to(self.storage_dtype).contiguous()
+
+    def _cap(self, side: int) -> int:
+        """A window side within ``max_window_side``."""
+        return side if self.max_window_side is None else min(side, self.max_window_side)
 
     def _margin(self, grid: tuple[int, int]) -> int:
         return self.window_margin if self.window_margin is not None else win.auto_margin(min(grid))
@@ -441,12 +454,13 @@ class SAM2VideoPredictor:
             windows = [self._next_window(o, f, reverse, grid) for o in objs] if local else [None] * len(objs)
             results = self._step(state, feats, objs, f, reverse, windows)
             for _ in range(2 if local and self.reacquire else 0):
-                lost = [i for i, o in enumerate(objs) if windows[i] is not None and self._lost(o, f, reverse, results[i])]
+                lost = [i for i, o in enumerate(objs) if windows[i] is not None and self._lost(o, f, reverse, results[i])
+                        and self._cap(2 * windows[i][2]) > windows[i][2]]  # a capped window cannot grow
                 if not lost:
                     break
                 for i in lost:
                     o = objs[i]
-                    o.window_side = win.window_side(2 * windows[i][2], 0)
+                    o.window_side = self._cap(win.window_side(2 * windows[i][2], 0))
                     windows[i] = win.place(self._window_center(windows[i]), o.window_side, grid)
                 again = self._step(state, feats, [objs[i] for i in lost], f, reverse, [windows[i] for i in lost])
                 for i, r in zip(lost, again):
@@ -502,7 +516,7 @@ class SAM2VideoPredictor:
         if last.center is None and last.box_side == 0.0 and last.window is None:
             last.center, last.box_side = win.mask_stats(last.pred_masks[0, 0], None)
         if last.center is not None:  # follow the object's size: grow at once, shrink step by step
-            needed = win.window_side(last.box_side, self._margin(grid))
+            needed = self._cap(win.window_side(last.box_side, self._margin(grid)))
             obj.window_side = needed if obj.window_side is None else max(needed, obj.window_side - win.QUANTUM)
         elif obj.window_side is None:
             return None
@@ -512,7 +526,7 @@ class SAM2VideoPredictor:
                 return None
             center = obj.last_seen
         speed = min(speed, obj.window_side / 2)  # a longer jump is left to re-acquisition
-        return win.place(center, win.window_side(obj.window_side + 2 * speed, 0), grid)
+        return win.place(center, self._cap(win.window_side(obj.window_side + 2 * speed, 0)), grid)
 
     @staticmethod
     def _window_center(w) -> tuple[float, float]:
