@@ -13,6 +13,8 @@ import tifffile
 from napari_sam2.cli import main
 from napari_sam2.export import read_labels_info, write_labels_tiff
 from napari_sam2.prompts_io import PromptFileError, read_prompts
+
+MIN_AUTO_F1 = 0.5  # bundled model, automatic segmentation of a held-out simulated image (see the test)
 from sam2_core.simulate import simulate_timelapse
 
 
@@ -151,6 +153,26 @@ def test_segment_and_embed(workdir, tmp_path, capsys):
     assert "5 computed" in capsys.readouterr().out
     assert main(["embed", str(d / "movie.tif"), "--cache", str(tmp_path / "emb"), "--model", ckpt]) == 0
     assert "0 computed" in capsys.readouterr().out
+
+
+def test_automatic_segment_with_the_bundled_model_finds_the_nuclei(tmp_path):
+    """Fully automatic: `segment` with the default model and no thresholds given uses the ones
+    calibrated for the bundled weights, and finds most nuclei of a held-out simulated image."""
+    from sam2_core.build import bundled_checkpoint
+    from sam2_core.simulate_cells import simulate_cells
+    from sam2_core.train.evaluate import match_score
+
+    if bundled_checkpoint() is None:
+        pytest.skip("no bundled weights in this installation")
+    sim = simulate_cells(1, (256, 256), seed=10_007)
+    tifffile.imwrite(tmp_path / "img.tif", sim.movie[0])
+    assert main(["segment", str(tmp_path / "img.tif"), "--out", str(tmp_path / "seg")]) == 0
+    found = tifffile.imread(tmp_path / "seg" / "img_labels.tif")
+    s = match_score(found[None], sim.labels[:1])
+    assert s["f1"] >= MIN_AUTO_F1, s
+    assert main(["segment", str(tmp_path / "img.tif"), "--out", str(tmp_path / "none"),
+                 "--pred-iou-thresh", "1.5"]) == 0  # the flag reaches the generator
+    assert tifffile.imread(tmp_path / "none" / "img_labels.tif").max() == 0
 
 
 def test_console_script_and_models_list():

@@ -87,6 +87,19 @@ def test_streaming_reads_only_what_it_needs(tiny256, movie):
     assert state.features.encoded <= 4 + 2
 
 
+def test_read_ahead_only_with_a_spare_core(tiny256, monkeypatch):
+    """Reading ahead competes with the model unless a core is free (measured: 1.3x slower on 2 cores)."""
+    import sam2_core.predictor.video as vid
+
+    monkeypatch.setattr(vid.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(vid.torch, "get_num_threads", lambda: 2)
+    assert SAM2VideoPredictor(tiny256).read_ahead == 0
+    assert vid.auto_read_ahead(torch.device("cuda")) == 2  # the GPU computes: the CPU is free to read
+    monkeypatch.setattr(vid.os, "cpu_count", lambda: 8)
+    assert SAM2VideoPredictor(tiny256).read_ahead == 2
+    assert SAM2VideoPredictor(tiny256, read_ahead=5).read_ahead == 5
+
+
 def test_memory_does_not_grow_with_frames(tiny256, movie):
     m, lab = movie
     long = np.concatenate([m] * 6)  # 48 frames

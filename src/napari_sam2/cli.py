@@ -160,7 +160,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model = _build(args.model, args.device)
     prompts = read_prompts(args.prompts) if args.prompts else None
-    gen = SAM2AutomaticMaskGenerator(model, seeding=args.seeding) if prompts is None else None
+    gen = SAM2AutomaticMaskGenerator(model, seeding=args.seeding, pred_iou_thresh=args.pred_iou_thresh,
+                                     stability_score_thresh=args.stability_thresh) if prompts is None else None
     pred = SAM2ImagePredictor(model)
     for path in files:
         image = _read_image(path)
@@ -354,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--out", required=True, help="output folder for *_labels.tif")
     sg.add_argument("--prompts", help="CSV/JSON prompts (frame ignored); default: automatic")
     sg.add_argument("--seeding", choices=["blobs", "grid"], default="blobs", help="automatic seeding mode")
+    sg.add_argument("--pred-iou-thresh", type=float, default=None,
+                    help="keep masks whose predicted IoU exceeds this (default: the value calibrated for the "
+                         "model and stored in its checkpoint, else Meta's 0.7)")
+    sg.add_argument("--stability-thresh", type=float, default=None,
+                    help="keep masks at least this stable (default: calibrated for the model, else Meta's 0.9)")
     sg.add_argument("--tile", type=int, default=2048,
                     help="images larger than this are segmented in tiles of this size (0: never)")
     sg.add_argument("--halo", type=int, default=128, help="tile overlap, wider than a cell (default: %(default)s)")
