@@ -4,6 +4,7 @@ Usage:
     python benchmarks/bench_fast.py fidelity [--model default] [--movies 4] [--frames 50] [--objects 12]
                                              [--tested fast|exact] [--precision fp32|bf16|fp16]
     python benchmarks/bench_fast.py speed [--size 1024] [--objects 1 20 100] [--frames 4]
+    python benchmarks/bench_fast.py compile [--model default] [--size 512] [--objects 5] [--frames 6]
     common: [--threads 2]
 
 fidelity: held-out simulated movies (sam2_core.simulate_cells, seeds from 10000) with true labels
@@ -169,9 +170,49 @@ def speed(args) -> None:
               flush=True)
 
 
+def compile_bench(args) -> None:
+    from sam2_core import build_sam2
+    from sam2_core.compile import compile_model
+    from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.simulate_cells import simulate_cells
+    from sam2_core.train import prompts as P
+
+    sim = simulate_cells(args.frames + 1, (args.size, args.size), seed=10_003)
+    rng = np.random.default_rng(0)
+    ids, areas = np.unique(sim.labels[0], return_counts=True)
+    cells = [int(i) for i, a in sorted(zip(ids, areas), key=lambda x: -x[1]) if i][: args.objects]
+    clicks = {c: P.click_inside(sim.labels[0] == c, rng, central=True) for c in cells}
+    print(f"torch.compile vs eager: model {args.model}, {args.size}x{args.size} frames, {len(cells)} objects, "
+          f"{args.frames} tracked frames, {args.threads} threads, torch {torch.__version__}")
+    results = {}
+    for mode in ("eager", "compiled"):
+        model = build_sam2(args.model, device="cpu")
+        if mode == "compiled":
+            compile_model(model)
+        pred = SAM2VideoPredictor(model)
+        state = pred.init_state(sim.movie)
+        t = time.perf_counter()
+        for cid, pt in clicks.items():
+            pred.add_new_points_or_box(state, 0, cid, points=pt, labels=[1])
+        times, last = [time.perf_counter() - t], None
+        t = time.perf_counter()
+        for f, _, logits in pred.propagate_in_video(state):
+            if f > 0:
+                times.append(time.perf_counter() - t)
+            last = logits
+            t = time.perf_counter()
+        results[mode] = (times, last)
+        print(f"{mode:>9}: prompts {times[0]:.2f} s (first encoder call), first tracked frame {times[1]:.2f} s, "
+              f"later frames median {np.median(times[2:]):.3f} s/frame", flush=True)
+    e, c = results["eager"], results["compiled"]
+    print(f"compiled / eager, later frames: {np.median(c[0][2:]) / np.median(e[0][2:]):.2f}x; "
+          f"largest |logit difference| on the last frame: {float((e[1] - c[1]).abs().max()):.2e}; "
+          f"masks equal on {float(((e[1] > 0) == (c[1] > 0)).float().mean()):.4%} of pixels")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["fidelity", "speed"])
+    ap.add_argument("mode", choices=["fidelity", "speed", "compile"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="default")
     ap.add_argument("--movies", type=int, default=4)
@@ -188,6 +229,11 @@ def main() -> None:
         args.objects = (args.objects or [12])[0]
         args.size = args.size or 256
         fidelity(args)
+    elif args.mode == "compile":
+        args.frames = args.frames or 6
+        args.objects = (args.objects or [5])[0]
+        args.size = args.size or 512
+        compile_bench(args)
     else:
         args.frames = args.frames or 4
         args.objects = args.objects or [1, 20, 100]

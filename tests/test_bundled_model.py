@@ -21,6 +21,8 @@ def model():
 def test_bundled_file(model):
     assert model.config == DEFAULT_CONFIG
     assert bundled_checkpoint().stat().st_size < 25e6
+    # the automatic generator's thresholds, calibrated for these weights, travel with them
+    assert set(model.recommended) == {"pred_iou_thresh", "stability_score_thresh"}
 
 
 def test_bundled_model_on_held_out_movies(model):

@@ -14,7 +14,7 @@ from napari_sam2.cli import main
 from napari_sam2.export import read_labels_info, write_labels_tiff
 from napari_sam2.prompts_io import PromptFileError, read_prompts
 
-MIN_AUTO_F1 = 0.5  # bundled model, automatic segmentation of a held-out simulated image (see the test)
+MIN_AUTO_F1 = 0.75  # bundled model on that held-out 256x256 image: measured F1 0.90 (32 of 33 nuclei, 6 extra masks)
 from sam2_core.simulate import simulate_timelapse
 
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import tempfile
+import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +31,17 @@ def model_fingerprint(model: SAM2Model) -> str:
         h.update(k.encode())
         h.update(flat[:: max(1, flat.numel() // 64)].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def _lower_thread_priority() -> None:
+    """Run the calling thread at the lowest CPU priority (Linux: threads have their own nice
+    value), so that reading ahead uses idle moments and does not take cores from the model."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError):
+        pass
 
 
 class FeatureCache:
@@ -60,7 +73,8 @@ class FeatureCache:
         self.read_ahead = max(0, read_ahead)
         self._cache: OrderedDict[int, ImageFeatures] = OrderedDict()
         self._pending: dict[int, Future] = {}
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-read") if read_ahead else None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-read",
+                                        initializer=_lower_thread_priority) if read_ahead else None
         self.disk_cache = Path(disk_cache) if disk_cache else None
         self._prefix = None
         if self.disk_cache is not None:

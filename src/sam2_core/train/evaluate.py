@@ -135,7 +135,7 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
                    len(clicks), len(tracked), len(absent), len(divided), seconds / max(frames_done, 1))
 
 
-CALIBRATION_SEED = 20_000  # calibration images: neither training (1_000_001+) nor held-out (10_000+)
+CALIBRATION_SEED = 30_000  # calibration images: neither training (1_000_001+) nor held-out (10_000+)
 
 
 def calibrate_generator(model, n_images: int = 6, size: int = 256, seed: int = CALIBRATION_SEED,

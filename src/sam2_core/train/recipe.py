@@ -33,9 +33,9 @@ PHASE_A_UNTIL = 4000
 PHASE_B_UNTIL = 900
 PHASE_B = TrainConfig(steps=1000, lr=3e-4, warmup=50, clip_len=4, max_objects=6, prob_box=0.3, prob_mask=0.1,
                       prob_correct=0.3, save_every=100, seed=1)
-PHASE_C = TrainConfig(steps=1500, lr=3e-4, warmup=50, clip_len=5, max_objects=6, prob_box=0.3, prob_mask=0.1,
+PHASE_C = TrainConfig(steps=1200, lr=3e-4, warmup=50, clip_len=5, max_objects=6, prob_box=0.3, prob_mask=0.1,
                       prob_correct=0.3, prob_single=0.25, single_objects=8, save_every=50, seed=2)
-PHASE_C_UNTIL = 1500
+PHASE_C_UNTIL = 1200
 
 
 def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = PHASE_C, until: int | None = None,
