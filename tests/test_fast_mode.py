@@ -51,7 +51,7 @@ def test_window_side_rounds_up_to_the_quantum():
     assert win.window_side(1.0, 2) == 8
     assert win.window_side(4.5, 2) == 12
     assert win.window_side(0.0, 0) == 4
-    assert win.auto_margin(64) == 4 and win.auto_margin(16) == 3
+    assert win.auto_margin(64) == 4 and win.auto_margin(128) == 8 and win.auto_margin(16) == 5
 
 
 def test_mask_stats_crop_paste_and_border():

@@ -59,7 +59,7 @@ class SAM2VideoPredictor:
         speed: "exact" (every object attends over the whole feature grid: Meta's computation) or
             "fast" (each object's memory attention, decoder and memory encoder work in a window
             of the grid around it; see docs/engine.md for the measured fidelity).
-        window_margin: fast mode: tokens added around an object's box (default grid/16, >= 3).
+        window_margin: fast mode: tokens added around an object's box (default grid/16, >= 3; 5 on grids of 32 tokens or fewer).
         reacquire: fast mode: an object lost from its window (absent, or cut by the window's
             edge) is tracked again on that frame with a window twice as large.
         reacquire_every: fast mode: an object reported absent is looked for on the whole grid
