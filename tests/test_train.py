@@ -184,3 +184,22 @@ def test_calibrate_generator_picks_the_best_thresholds():
     assert r["table"][(2.0, -1.0)] == 0.0  # a predicted IoU above 2 never occurs: nothing found
     assert r["f1"] == max(r["table"].values())
     assert (r["pred_iou_thresh"], r["stability_score_thresh"]) == max(r["table"], key=lambda k: (r["table"][k], k))
+
+
+def test_export_bundled_writes_half_precision_with_its_settings(tmp_path):
+    from sam2_core import save_checkpoint
+    from sam2_core.checkpoint import read_checkpoint_full
+    from sam2_core.train.recipe import export_bundled
+
+    torch.manual_seed(0)
+    model = SAM2Model(TINY)
+    model.recommended = {"pred_iou_thresh": 0.4, "stability_score_thresh": 0.8}
+    src = save_checkpoint(model, tmp_path / "trained.pt")
+    assert export_bundled(src, tmp_path / "shipped.pt", calibrate=False, note="test") == model.recommended
+    state, config, recommended = read_checkpoint_full(tmp_path / "shipped.pt")
+    assert config == TINY and recommended == model.recommended
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert torch.load(tmp_path / "shipped.pt", weights_only=True)["recipe"] == "test"
+    again = build_sam2(checkpoint=tmp_path / "shipped.pt", device="cpu")
+    for k, v in model.state_dict().items():
+        assert torch.allclose(again.state_dict()[k], v, atol=1e-2, rtol=1e-2)

@@ -43,6 +43,16 @@ def _dock(viewer):
     return widget
 
 
+def _movie_session(make_napari_viewer, movie, checkpoint):
+    """A viewer showing ``movie`` as "cells" at frame 0, the widget docked, ``checkpoint`` chosen."""
+    viewer = make_napari_viewer()
+    viewer.add_image(movie, name="cells")
+    viewer.dims.current_step = (0, 0, 0)
+    w = _dock(viewer)
+    w.checkpoint.value = checkpoint
+    return viewer, w, w.controller
+
+
 def _click(controller, t, y, x, oid=None, positive=True):
     layer = controller.prompts_layer()
     if oid is not None:
@@ -229,12 +239,7 @@ def test_scripted_backward_n_frames_tracks_export(make_napari_viewer, small_chec
 
 def test_pick_object_and_delete(make_napari_viewer, qtbot, small_checkpoint, movie):
     m, lab = movie
-    viewer = make_napari_viewer()
-    viewer.add_image(m, name="cells")
-    viewer.dims.current_step = (0, 0, 0)
-    w = _dock(viewer)
-    c = w.controller
-    w.checkpoint.value = small_checkpoint
+    viewer, w, c = _movie_session(make_napari_viewer, m, small_checkpoint)
     for oid in (1, 2):
         _click(c, 0, *_centroid(lab, 0, oid), oid=oid)
         _wait_idle(qtbot, c)
@@ -304,12 +309,7 @@ def test_segment_all_track_all_and_labels_as_prompts(make_napari_viewer, qtbot, 
 def test_propagate_while_prefetching_is_queued(make_napari_viewer, qtbot, small_checkpoint, movie):
     """Propagate pressed while the shown frame's embedding is computed starts afterwards, without an error."""
     m, lab = movie
-    viewer = make_napari_viewer()
-    viewer.add_image(m, name="cells")
-    viewer.dims.current_step = (0, 0, 0)
-    w = _dock(viewer)
-    c = w.controller
-    w.checkpoint.value = small_checkpoint
+    viewer, w, c = _movie_session(make_napari_viewer, m, small_checkpoint)
     _click(c, 0, *_centroid(lab, 0, 1), oid=1)
     _wait_idle(qtbot, c)
     n0 = len(_errors())
@@ -365,12 +365,7 @@ def test_control_click_negative_and_box_prompt(make_napari_viewer, qtbot, small_
     from types import SimpleNamespace
 
     m, lab = movie
-    viewer = make_napari_viewer()
-    viewer.add_image(m, name="cells")
-    viewer.dims.current_step = (0, 0, 0)
-    w = _dock(viewer)
-    c = w.controller
-    w.checkpoint.value = small_checkpoint
+    viewer, w, c = _movie_session(make_napari_viewer, m, small_checkpoint)
     pts = c.prompts_layer()
     y, x = _centroid(lab, 0, 1)
     c._on_points_press(pts, SimpleNamespace(modifiers=["Control"]))  # what a Control-click runs first
@@ -401,12 +396,7 @@ def test_track_all_into_a_new_labels_layer(make_napari_viewer, qtbot, small_chec
     truth = [k for k in np.unique(lab[0]) if k]
     monkeypatch.setattr(automatic.SAM2AutomaticMaskGenerator, "generate", lambda self, image, **kw: [
         {"segmentation": lab[0] == k, "area": int((lab[0] == k).sum())} for k in truth])
-    viewer = make_napari_viewer()
-    viewer.add_image(m, name="cells")
-    viewer.dims.current_step = (0, 0, 0)
-    w = _dock(viewer)
-    c = w.controller
-    w.checkpoint.value = small_checkpoint
+    viewer, w, c = _movie_session(make_napari_viewer, m, small_checkpoint)
     w.direction.value = "forward"
     w.track_all.clicked.emit()  # the "Track all" button
     qtbot.waitUntil(lambda: not c.busy and not c._after and c._pending is None, timeout=60_000)
@@ -480,12 +470,7 @@ def test_speed_choice_fast_propagation_metadata_and_export(make_napari_viewer, q
 def test_switching_speed_keeps_prompts(make_napari_viewer, qtbot, small_checkpoint, movie):
     """A speed change makes a new session on the same model; the prompts stay and propagation works."""
     m, lab = movie
-    viewer = make_napari_viewer()
-    viewer.add_image(m, name="cells")
-    viewer.dims.current_step = (0, 0, 0)
-    w = _dock(viewer)
-    c = w.controller
-    w.checkpoint.value = small_checkpoint
+    viewer, w, c = _movie_session(make_napari_viewer, m, small_checkpoint)
     for oid in (1, 2):
         _click(c, 0, *_centroid(lab, 0, oid), oid=oid)
         _wait_idle(qtbot, c)

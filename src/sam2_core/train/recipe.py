@@ -92,7 +92,7 @@ def export_bundled(trained: str | Path, dest: str | Path, *, calibrate: bool = T
     """Write the shipped form of a trained checkpoint: float16 weights (half the size; the
     loader casts them back), the config, the recipe note and, with ``calibrate``, the automatic
     generator's thresholds calibrated for these weights (``"recommended"``). Returns those."""
-    from sam2_core.checkpoint import read_checkpoint_full
+    from sam2_core.checkpoint import read_checkpoint_full, save_checkpoint
     from sam2_core.train.evaluate import calibrate_generator
 
     state, config, recommended = read_checkpoint_full(trained)
@@ -102,11 +102,6 @@ def export_bundled(trained: str | Path, dest: str | Path, *, calibrate: bool = T
     if calibrate:
         r = calibrate_generator(model)
         recommended = {"pred_iou_thresh": r["pred_iou_thresh"], "stability_score_thresh": r["stability_score_thresh"]}
-    payload = {"model": {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
-               "config": model.config.to_dict(), "recipe": note or "sam2_core.train.recipe; docs/model-card.md",
-               "recommended": recommended}
-    dest = Path(dest)
-    tmp = dest.with_suffix(".part")
-    torch.save(payload, tmp)
-    tmp.replace(dest)
+    model.recommended = recommended
+    save_checkpoint(model.half(), dest, extra={"recipe": note or "sam2_core.train.recipe; docs/model-card.md"})
     return recommended
