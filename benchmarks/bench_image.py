@@ -3,8 +3,8 @@
 Usage:
     python benchmarks/bench_image.py [--threads 2] [--sections click auto tiling] [--clicks 20]
         [--auto-sizes 512 1024] [--pred-iou-thresh 0.3] [--stability-thresh 0.8]
-        [--tiny-auto-budget 180] [--segment-sizes 2048] [--tiles 512 256]
-        [--tiled-sizes 2048 4096] [--tile-click 512] [--halo 64]
+        [--tiny-auto-budget 180] [--segment-sizes 2048] [--tiles auto 512]
+        [--tiled-sizes 2048 4096] [--tile-click auto] [--halo N]
 
 Prints three tables (every figure measured on this machine, wall-clock; the 1-min load averages
 are printed with each section, since other jobs on a shared machine inflate the times):
@@ -15,13 +15,17 @@ are printed with each section, since other jobs on a shared machine inflate the 
    1024 (seeded random weights, tests/reference/seeded_weights.py) and for the bundled "default"
    model. Goal (issue 4): <= 100 ms per click for tiny at 1024 on 2 cores. The decoder without the
    predictor's per-image decoder cache (``fast_decoder=False``) is shown for comparison.
-2. automatic seeding: SAM2AutomaticMaskGenerator with grid and blob seeding on simulated nuclei
-   (simulate_cells) with the bundled default model: seconds per image and per megapixel, masks
-   found, and the fraction of true nuclei matched at IoU >= 0.5 (recall) and of masks matching a
-   nucleus (precision); once with the generator's default thresholds (those calibrated for the
-   model and stored in its checkpoint), then with --pred-iou-thresh / --stability-thresh. sam2.1_hiera_tiny at 1024 (random weights: time only) runs only when its
+2. automatic seeding: SAM2AutomaticMaskGenerator.generate_labels with blob and grid seeding on
+   simulated nuclei (simulate_cells) with the bundled default model and the generator's defaults
+   (thresholds calibrated for the model and stored in its checkpoint; images larger than the
+   model input cut into tiles at the model's own scale), then blob seeding on the whole image
+   resized to the input (tile_size=None) for comparison, and with --pred-iou-thresh /
+   --stability-thresh when given: seconds per image and per megapixel, objects found, and the
+   fraction of true nuclei matched at IoU >= 0.5 (recall) and of objects matching a nucleus
+   (precision). sam2.1_hiera_tiny at 1024 (random weights: time only) runs only when its
    projected time (encoder + one measured decoder batch x batches) fits --tiny-auto-budget.
-3. tiling: segment_tiled on large simulated images with the default model, time and peak RSS vs
+3. tiling: generate_labels on large simulated images with the default model, in tiles at the
+   model's own scale ('auto') and in larger tiles resized to the input, time and peak RSS vs
    tile count; TiledImagePredictor first click in a tile (encode + decode) vs a click in an
    already encoded tile vs SAM2ImagePredictor directly on the cropped tile; peak RSS of the tiled
    click path vs image size. Each measurement with a peak RSS runs in its own subprocess (peak
@@ -213,21 +217,25 @@ def print_click(rows: list[dict], threads: int) -> None:
 
 
 def bench_auto(model, name: str, image: np.ndarray, labels: np.ndarray, seeding: str, quality: bool,
-               thresholds: dict | None = None) -> dict:
-    from sam2_core.automatic import SAM2AutomaticMaskGenerator, records_to_labels
+               thresholds: dict | None = None, tile_size="auto") -> dict:
+    from sam2_core.automatic import SAM2AutomaticMaskGenerator
+    from sam2_core.tiling import tile_grid
 
-    gen = SAM2AutomaticMaskGenerator(model, seeding=seeding, **(thresholds or {}))
+    gen = SAM2AutomaticMaskGenerator(model, seeding=seeding, tile_size=tile_size, **(thresholds or {}))
+    tiling = gen.tiling(*image.shape[:2])
     load0 = _load()
     t0 = time.perf_counter()
-    records = gen.generate(image)
+    found, records = gen.generate_labels(image)
     dt = time.perf_counter() - t0
     mpx = image.shape[0] * image.shape[1] / 1e6
     th = thresholds or {}
     out = {"model": name, "seeding": seeding, "thresh": f"{th.get('pred_iou_thresh', gen.pred_iou_thresh)}/"
-           f"{th.get('stability_score_thresh', gen.stability_score_thresh)}", "image": list(image.shape), "s": dt, "s_per_mpx": dt / mpx,
-           "masks": len(records), "truth": int(len(np.unique(labels)) - 1), "load": f"{load0} -> {_load()}"}
+           f"{th.get('stability_score_thresh', gen.stability_score_thresh)}", "image": list(image.shape), "s": dt,
+           "s_per_mpx": dt / mpx, "masks": len(records), "truth": int(len(np.unique(labels)) - 1),
+           "tiles": "whole" if tiling is None else f"{len(tile_grid(*image.shape[:2], *tiling))}x{tiling[0]}+{tiling[1]}",
+           "load": f"{load0} -> {_load()}"}
     if quality:
-        out["recall"], out["precision"] = match_scores(labels, records_to_labels(records, image.shape[:2]))
+        out["recall"], out["precision"] = match_scores(labels, found)
     return out
 
 
@@ -252,14 +260,14 @@ def project_auto(model, image: np.ndarray, seeding: str) -> tuple[float, int, fl
 
 
 def print_auto(rows: list[dict], notes: list[str], threads: int) -> None:
-    print(f"\n== 2. automatic seeding (SAM2AutomaticMaskGenerator defaults, {threads} threads) ==")
-    print(f"{'model':22} {'seeding':8} {'iou/stab':>8} {'image':>10} {'s/image':>8} {'s/Mpx':>7} {'masks':>6} {'nuclei':>7} "
-          f"{'recall@.5':>9} {'prec@.5':>8}  load")
+    print(f"\n== 2. automatic seeding (SAM2AutomaticMaskGenerator.generate_labels, {threads} threads) ==")
+    print(f"{'model':22} {'seeding':8} {'iou/stab':>8} {'image':>10} {'tiles':>12} {'s/image':>8} {'s/Mpx':>7} "
+          f"{'objects':>7} {'nuclei':>7} {'recall@.5':>9} {'prec@.5':>8}  load")
     for r in rows:
         h, w = r["image"]
         q = (f"{r['recall']:9.2f} {r['precision']:8.2f}" if "recall" in r else f"{'-':>9} {'-':>8}")
-        print(f"{r['model']:22} {r['seeding']:8} {r['thresh']:>8} {f'{w}x{h}':>10} {r['s']:8.2f} {r['s_per_mpx']:7.2f} "
-              f"{r['masks']:6d} {r['truth']:7d} {q}  {r['load']}")
+        print(f"{r['model']:22} {r['seeding']:8} {r['thresh']:>8} {f'{w}x{h}':>10} {r['tiles']:>12} {r['s']:8.2f} "
+              f"{r['s_per_mpx']:7.2f} {r['masks']:7d} {r['truth']:7d} {q}  {r['load']}")
     for n in notes:
         print(n)
 
@@ -280,14 +288,17 @@ def worker(spec: dict) -> dict:
     out: dict = {"base_rss_mb": base}
     if spec["kind"] == "segment":
         from sam2_core.automatic import SAM2AutomaticMaskGenerator
-        from sam2_core.tiling import segment_tiled, tile_grid
+        from sam2_core.tiling import tile_grid
 
-        gen = SAM2AutomaticMaskGenerator(model, seeding=spec["seeding"], **spec["thresholds"])
+        gen = SAM2AutomaticMaskGenerator(model, seeding=spec["seeding"], tile_size=spec["tile"], tile_halo=spec["halo"])
+        core, halo = gen.tiling(*image.shape[:2])
         t0 = time.perf_counter()
-        lab, records = segment_tiled(gen, image, tile=spec["tile"], halo=spec["halo"])
+        lab, records = gen.generate_labels(image)
         out["s"] = time.perf_counter() - t0
-        out["tiles"] = len(tile_grid(*image.shape[:2], spec["tile"], spec["halo"]))
+        out["tiles"] = len(tile_grid(*image.shape[:2], core, halo))
+        out["core"], out["halo"] = core, halo
         out["objects"] = len(records)
+        out["peak_rss_mb"] = _rss_mb()  # before the scoring below, which is not part of the work
         truth = np.load(spec["labels"])
         out["recall"], out["precision"] = match_scores(truth, lab)
     else:  # tiled clicks
@@ -295,7 +306,7 @@ def worker(spec: dict) -> dict:
         from sam2_core.tiling import TiledImagePredictor
 
         truth = np.load(spec["labels"])
-        tiled = TiledImagePredictor(model, tile=spec["tile"], halo=spec["halo"])
+        tiled = TiledImagePredictor(model, tile=None if spec["tile"] == "auto" else spec["tile"], halo=spec["halo"])
         t0 = time.perf_counter()
         tiled.set_image(image)
         out["set_image_s"] = time.perf_counter() - t0
@@ -327,7 +338,7 @@ def worker(spec: dict) -> dict:
         out.update(first_ms=_stats(first), again_ms=_stats(again) if again else None,
                    direct_first_ms=_stats(direct_first), direct_again_ms=_stats(direct_again),
                    tiles_visited=len(first), clicks=len(objs), tiles=len(tiled.tiles))
-    out["peak_rss_mb"] = _rss_mb()
+    out.setdefault("peak_rss_mb", _rss_mb())
     out["load"] = f"{load0} -> {_load()}"
     return out
 
@@ -340,14 +351,18 @@ def run_worker(spec: dict) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def print_tiling(seg: list[dict], clicks: list[dict], threads: int, halo: int) -> None:
-    print(f"\n== 3. tiling (default model, {threads} threads, halo {halo} px; one subprocess per row) ==")
-    print("segment_tiled (blob seeding, iou/stab thresholds as in section 2): time and peak RSS vs tile count")
-    print(f"{'image':>10} {'tile':>5} {'tiles':>5} {'s':>7} {'s/Mpx':>6} {'objects':>7} {'recall@.5':>9} "
+def print_tiling(seg: list[dict], clicks: list[dict], threads: int, halo) -> None:
+    print(f"\n== 3. tiling (default model, {threads} threads, halo {halo or '1/8 of the tile'} px; "
+          "one subprocess per row) ==")
+    print("generate_labels (blob seeding, calibrated thresholds; tile 'auto' = the model's own scale): "
+          "time and peak RSS vs tile count")
+    print(f"{'image':>10} {'tile':>5} {'core+halo':>9} {'tiles':>5} {'s':>7} {'s/Mpx':>6} {'objects':>7} {'recall@.5':>9} "
           f"{'prec@.5':>8} {'base RSS MB':>11} {'peak RSS MB':>11}  load")
     for r in seg:
         s = r["size"]
-        print(f"{f'{s}x{s}':>10} {r['tile']:5d} {r['tiles']:5d} {r['s']:7.1f} {r['s'] / (s * s / 1e6):6.2f} "
+        ch = f"{r['core']}+{r['halo']}"
+        print(f"{f'{s}x{s}':>10} {str(r['tile']):>5} {ch:>9} {r['tiles']:5d} {r['s']:7.1f} "
+              f"{r['s'] / (s * s / 1e6):6.2f} "
               f"{r['objects']:7d} {r['recall']:9.2f} {r['precision']:8.2f} {r['base_rss_mb']:11.0f} "
               f"{r['peak_rss_mb']:11.0f}  {r['load']}")
     print("TiledImagePredictor clicks (median / p90 ms) vs SAM2ImagePredictor on the cropped tile")
@@ -356,12 +371,16 @@ def print_tiling(seg: list[dict], clicks: list[dict], threads: int, halo: int) -
     for r in clicks:
         s = r["size"]
         f = lambda v: "-" if v is None else f"{v[0]:.0f} / {v[1]:.0f}"  # noqa: E731
-        print(f"{f'{s}x{s}':>10} {r['tile']:5d} {r['tiles']:5d} {r['clicks']:6d} {f(r['first_ms']):>15} "
+        print(f"{f'{s}x{s}':>10} {str(r['tile']):>5} {r['tiles']:5d} {r['clicks']:6d} {f(r['first_ms']):>15} "
               f"{f(r['again_ms']):>15} {f(r['direct_first_ms']):>15} {f(r['direct_again_ms']):>15} "
               f"{r['base_rss_mb']:11.0f} {r['peak_rss_mb']:11.0f}  {r['load']}")
 
 
 # --- main ---------------------------------------------------------------------------------------
+
+
+def _tile(text: str):
+    return text if text == "auto" else int(text)
 
 
 def main() -> None:
@@ -372,15 +391,16 @@ def main() -> None:
     ap.add_argument("--auto-sizes", type=int, nargs="+", default=[512, 1024])
     ap.add_argument("--tiny-auto-budget", type=float, default=180.0,
                     help="run tiny at 1024 in automatic mode only if projected under this many seconds")
-    ap.add_argument("--pred-iou-thresh", type=float, default=0.3,
-                    help="for the default model (its IoU head predicts ~0.35-0.55: Meta's 0.7 keeps nothing)")
-    ap.add_argument("--stability-thresh", type=float, default=0.8)
+    ap.add_argument("--pred-iou-thresh", type=float, default=None,
+                    help="an extra row per size with these thresholds (default: only the calibrated ones)")
+    ap.add_argument("--stability-thresh", type=float, default=None)
     ap.add_argument("--tiled-sizes", type=int, nargs="+", default=[2048, 4096], help="TiledImagePredictor clicks")
     ap.add_argument("--segment-sizes", type=int, nargs="+", default=[2048], help="segment_tiled image sizes")
-    ap.add_argument("--tiles", type=int, nargs="+", default=[512, 256],
-                    help="segment_tiled tile sizes on the first --segment-sizes image (the others use the last)")
-    ap.add_argument("--tile-click", type=int, default=512, help="TiledImagePredictor tile size")
-    ap.add_argument("--halo", type=int, default=64)
+    ap.add_argument("--tiles", type=_tile, nargs="+", default=["auto", 512],
+                    help="tile sizes ('auto': the model's own scale) on the first --segment-sizes image "
+                         "(the others use the first)")
+    ap.add_argument("--tile-click", type=_tile, default="auto", help="TiledImagePredictor tile size")
+    ap.add_argument("--halo", type=int, default=None, help="default: 1/8 of the tile, at least 16 px")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -416,13 +436,14 @@ def main() -> None:
         if "auto" in args.sections:
             rows, notes = [], []
             tuned = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_thresh}
-            for k, size in enumerate(args.auto_sizes):
+            for size in args.auto_sizes:
                 img, lab = nuclei_image(size, seed=1)
-                if k == 0:  # the generator's own defaults, once
-                    rows.append(bench_auto(default, "default (bundled)", img, lab, "blobs", quality=True))
-                for seeding in ("grid", "blobs"):
-                    rows.append(bench_auto(default, "default (bundled)", img, lab, seeding, quality=True,
-                                           thresholds=tuned))
+                for seeding in ("blobs", "grid"):  # the generator's defaults: native tiles, calibrated thresholds
+                    rows.append(bench_auto(default, "default (bundled)", img, lab, seeding, quality=True))
+                rows.append(bench_auto(default, "default (bundled)", img, lab, "blobs", quality=True, tile_size=None))
+                if args.pred_iou_thresh is not None or args.stability_thresh is not None:
+                    rows.append(bench_auto(default, "default (bundled)", img, lab, "blobs", quality=True,
+                                           thresholds={k: v for k, v in tuned.items() if v is not None}))
             img, lab = nuclei_image(1024, seed=1)
             proj, n_seeds, spent = project_auto(tiny, img, "blobs")
             if proj <= args.tiny_auto_budget:
@@ -433,7 +454,9 @@ def main() -> None:
                              f"of 64; encoder + seeding + one batch measured {spent:.1f} s); grid seeding (1024 "
                              f"seeds, 16 batches) skipped as well")
             rec = default.recommended
-            notes.append("(tiny: random weights, masks not meaningful, time only. Default model rows: "
+            notes.append("(tiny: random weights, masks not meaningful, time only. Default model rows: tiles "
+                         "'whole' = the image resized to the 256 input (tile_size=None), else N tiles of core+halo "
+                         "px (tile_size='auto': the model's own scale); "
                          "iou/stab = pred_iou_thresh/stability_score_thresh; the generator's defaults are the "
                          "thresholds calibrated for the model's weights and stored in its checkpoint ("
                          + (f"{rec['pred_iou_thresh']}/{rec['stability_score_thresh']} for the bundled model"
@@ -442,7 +465,6 @@ def main() -> None:
 
         if "tiling" in args.sections:
             seg, clicks = [], []
-            tuned = {"pred_iou_thresh": args.pred_iou_thresh, "stability_score_thresh": args.stability_thresh}
             for size in sorted(set(args.tiled_sizes) | set(args.segment_sizes)):
                 img, lab = nuclei_image(size, seed=2)
                 np.save(tmp / f"img{size}.npy", img)
@@ -452,9 +474,8 @@ def main() -> None:
                         "labels": str(tmp / f"lab{size}.npy"), "halo": args.halo}
                 if size in args.segment_sizes:
                     first = size == args.segment_sizes[0]
-                    for tile in (args.tiles if first else args.tiles[-1:]):
-                        r = run_worker({**spec, "kind": "segment", "tile": tile, "seeding": "blobs",
-                                        "thresholds": tuned})
+                    for tile in (args.tiles if first else args.tiles[:1]):
+                        r = run_worker({**spec, "kind": "segment", "tile": tile, "seeding": "blobs"})
                         seg.append({**r, "size": size, "tile": tile})
                 if size in args.tiled_sizes:
                     r = run_worker({**spec, "kind": "clicks", "tile": args.tile_click})

@@ -267,7 +267,7 @@ def test_segment_all_track_all_and_labels_as_prompts(make_napari_viewer, qtbot, 
 
     m, lab = movie
     truth = [k for k in np.unique(lab[0]) if k]
-    monkeypatch.setattr(automatic.SAM2AutomaticMaskGenerator, "generate", lambda self, image, **kw: [
+    monkeypatch.setattr(automatic.SAM2AutomaticMaskGenerator, "generate_untiled", lambda self, image, **kw: [
         {"segmentation": lab[0] == k, "area": int((lab[0] == k).sum())} for k in truth])
     viewer = make_napari_viewer()
     viewer.add_image(m, name="cells")
@@ -394,7 +394,7 @@ def test_track_all_into_a_new_labels_layer(make_napari_viewer, qtbot, small_chec
 
     m, lab = movie
     truth = [k for k in np.unique(lab[0]) if k]
-    monkeypatch.setattr(automatic.SAM2AutomaticMaskGenerator, "generate", lambda self, image, **kw: [
+    monkeypatch.setattr(automatic.SAM2AutomaticMaskGenerator, "generate_untiled", lambda self, image, **kw: [
         {"segmentation": lab[0] == k, "area": int((lab[0] == k).sum())} for k in truth])
     viewer, w, c = _movie_session(make_napari_viewer, m, small_checkpoint)
     w.direction.value = "forward"

@@ -38,13 +38,13 @@ def _notify(kind: str, msg: str) -> None:
     {"error": notifications.show_error, "warning": notifications.show_warning}.get(kind, notifications.show_info)(msg)
 
 
-class _download_progress:
-    """napari's progress bar for a model download (reports arrive on a worker thread)."""
+class _thread_progress:
+    """A napari progress bar fed from a worker thread (``bar(done, total)``; drawn on the GUI thread)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, desc: str, unit: str = "", unit_scale: bool = False) -> None:
         from superqt.utils import ensure_main_thread
 
-        self.name, self.bar = name, None
+        self.desc, self.unit, self.unit_scale, self.bar = desc, unit, unit_scale, None
         self._update = ensure_main_thread(self._update_main)
         self._close = ensure_main_thread(self._close_main)
 
@@ -58,7 +58,7 @@ class _download_progress:
         from napari.utils import progress
 
         if self.bar is None:
-            self.bar = progress(total=total, desc=f"downloading {self.name}", unit="B", unit_scale=True)
+            self.bar = progress(total=total, desc=self.desc, unit=self.unit, unit_scale=self.unit_scale)
         self.bar.update(done - self.bar.n)
 
     def _close_main(self) -> None:
@@ -404,7 +404,7 @@ class Controller:
     def _ensure_session(self) -> SegmentationSession:
         if self.session is None:
             name, ckpt, device = self.model_spec
-            progress = _download_progress(name) if self.notify and not ckpt and name != "default" else None
+            progress = _thread_progress(f"downloading {name}", "B", True) if self.notify and not ckpt and name != "default" else None
             try:
                 model = load_model(name, ckpt or None, None if device == "auto" else device,
                                    progress=progress)
@@ -486,15 +486,21 @@ class Controller:
         data, limits = self.image_layer.data, self.image_layer.contrast_limits
 
         def job():
-            from sam2_core.automatic import SAM2AutomaticMaskGenerator, records_to_labels
+            from sam2_core.automatic import SAM2AutomaticMaskGenerator
 
             session = self._ensure_session()
-            image = view.stack_of(data)[frame]
+            progress = _thread_progress("finding objects", "tile") if self.notify and self.threaded else None
+            image = np.asarray(view.stack_of(data)[frame])
             with session.lock:
-                # thresholds: those calibrated for the model's weights, else Meta's
+                # thresholds: those calibrated for the model's weights, else Meta's; frames larger
+                # than the model input are seeded in tiles at the model's own scale
                 gen = SAM2AutomaticMaskGenerator(session.model, seeding="blobs")
-                records = gen.generate(image, contrast_limits=limits)
-            return records_to_labels(records, view.frame_shape)
+                try:
+                    labels, _ = gen.generate_labels(image, contrast_limits=limits, progress=progress)
+                finally:
+                    if progress is not None:
+                        progress.close()
+            return labels
 
         def done(found: np.ndarray) -> None:
             ids = [int(i) for i in np.unique(found) if i]

@@ -142,12 +142,41 @@ def os_access_w(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
+def _segment_auto(gen, image, name: str):
+    """Automatic segmentation of one image, with a progress bar when it is cut into tiles."""
+    from tqdm import tqdm
+
+    tiles = gen.tiling(*image.shape[:2])
+    if tiles is not None:
+        print(f"{name}: {image.shape[1]}x{image.shape[0]} px in tiles of {tiles[0]} px + {tiles[1]} px halo",
+              file=sys.stderr)
+    with tqdm(desc=name, unit="tile", disable=tiles is None, file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        labels, _ = gen.generate_labels(image, progress=progress)
+    return labels
+
+
+def _tile_arg(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tile takes 'auto', 0 or a size in pixels >= 16, not {text!r}") from None
+    if value != 0 and value < 16:
+        raise argparse.ArgumentTypeError(f"--tile takes 'auto', 0 or a size in pixels >= 16, not {value}")
+    return value
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_sam2.export import write_labels_tiff
     from napari_sam2.prompts_io import read_prompts
-    from sam2_core.automatic import SAM2AutomaticMaskGenerator, records_to_labels
+    from sam2_core.automatic import SAM2AutomaticMaskGenerator
     from sam2_core.io.frames import IMAGE_SUFFIXES
     from sam2_core.predictor.image import SAM2ImagePredictor
 
@@ -162,16 +191,13 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     model = _build(args.model, args.device)
     prompts = read_prompts(args.prompts) if args.prompts else None
     gen = SAM2AutomaticMaskGenerator(model, seeding=args.seeding, pred_iou_thresh=args.pred_iou_thresh,
-                                     stability_score_thresh=args.stability_thresh) if prompts is None else None
+                                     stability_score_thresh=args.stability_thresh, tile_size=args.tile,
+                                     tile_halo=args.halo) if prompts is None else None
     pred = SAM2ImagePredictor(model)
     for path in files:
         image = _read_image(path)
-        if gen is not None and args.tile and max(image.shape[:2]) > args.tile:
-            from sam2_core.tiling import segment_tiled
-
-            labels, _ = segment_tiled(gen, image, tile=args.tile, halo=args.halo)
-        elif gen is not None:
-            labels = records_to_labels(gen.generate(image), image.shape[:2])
+        if gen is not None:
+            labels = _segment_auto(gen, image, path.name)
         else:
             pred.set_image(image)
             labels = np.zeros(image.shape[:2], np.uint16)
@@ -361,9 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "model and stored in its checkpoint, else Meta's 0.7)")
     sg.add_argument("--stability-thresh", type=float, default=None,
                     help="keep masks at least this stable (default: calibrated for the model, else Meta's 0.9)")
-    sg.add_argument("--tile", type=int, default=2048,
-                    help="images larger than this are segmented in tiles of this size (0: never)")
-    sg.add_argument("--halo", type=int, default=128, help="tile overlap, wider than a cell (default: %(default)s)")
+    sg.add_argument("--tile", type=_tile_arg, default="auto",
+                    help="'auto' (default): images larger than the model input are cut into tiles the model "
+                         "sees at its own scale; N: tiles of N px; 0: never (the image is resized to the input)")
+    sg.add_argument("--halo", type=int, default=None,
+                    help="tile overlap in px, wider than half a cell (default: 1/8 of the tile, at least 16)")
     sg.add_argument("--model", default="default")
     sg.add_argument("--device", default=None)
     sg.set_defaults(func=_cmd_segment)

@@ -114,6 +114,13 @@ class SAM2AutomaticMaskGenerator:
         point_grids, min_mask_region_area, output_mode ("binary_mask" only), multimask_output.
         Ours: ``seeding`` "grid" or "blobs"; ``blob_kwargs`` for :func:`blob_points`;
         ``max_mask_fraction`` drops masks covering more of the crop (background).
+        ``tile_size``: images larger than the model input are cut into tiles the model sees at its
+        own scale ("auto": tiles of ``model.image_size`` with a halo, see
+        :func:`sam2_core.tiling.native_tiling`), or into tiles of this many pixels (an int: the
+        tile's core), or never (None / 0: the whole image is resized to the input, Meta's way);
+        ``tile_halo`` overrides the halo (pixels, wider than half a cell). Tiles are stitched
+        without duplicated or cut cells. For large images prefer :meth:`generate_labels`, which
+        returns one labels image instead of a full-size mask per object.
 
     ``pred_iou_thresh`` and ``stability_score_thresh`` left at None take the values calibrated for
     the model's weights (``model.recommended``, stored in its checkpoint; see
@@ -144,6 +151,8 @@ class SAM2AutomaticMaskGenerator:
         seeding: str = "grid",
         blob_kwargs: dict | None = None,
         max_mask_fraction: float = 0.5,
+        tile_size: int | str | None = "auto",
+        tile_halo: int | None = None,
     ) -> None:
         from sam2_core.predictor.image import SAM2ImagePredictor
 
@@ -166,11 +175,69 @@ class SAM2AutomaticMaskGenerator:
         self.multimask_output = multimask_output
         self.seeding, self.blob_kwargs = seeding, dict(blob_kwargs or {})
         self.max_mask_fraction = max_mask_fraction
+        if not (tile_size in (None, 0, "auto") or (isinstance(tile_size, int) and tile_size >= 16)):
+            raise ValueError(f"tile_size must be 'auto', None or an int >= 16 (pixels), got {tile_size!r}")
+        self.tile_size, self.tile_halo = tile_size, tile_halo
+
+    def tiling(self, height: int, width: int) -> tuple[int, int] | None:
+        """(tile core, halo) in pixels for an image of this size, or None to take it whole."""
+        from sam2_core.tiling import native_tiling
+
+        if not self.tile_size:
+            return None
+        if self.tile_size == "auto":
+            return native_tiling(self.predictor.model.image_size, height, width, self.tile_halo)
+        if max(height, width) <= self.tile_size:
+            return None
+        return self.tile_size, (max(16, self.tile_size // 8) if self.tile_halo is None else self.tile_halo)
+
+    def generate(self, image: np.ndarray, *, contrast_limits: Any = None, channels: Any = None,
+                 progress: Any = None) -> list[dict]:
+        """Records with segmentation (H, W) bool, area, bbox XYWH, predicted_iou, point_coords,
+        stability_score and crop_box XYWH (for tiled images: the tile), largest first."""
+        image = np.asarray(image)
+        tiles = self.tiling(*image.shape[:2]) if image.ndim >= 2 else None
+        if tiles is None:
+            return self.generate_untiled(image, contrast_limits=contrast_limits, channels=channels)
+        from sam2_core.tiling import tiled_records
+
+        out = []
+        for t, r in tiled_records(self.generate_untiled, image, tile=tiles[0], halo=tiles[1],
+                                  contrast_limits=contrast_limits, channels=channels, progress=progress):
+            y0, y1, x0, x1 = t.outer
+            full = np.zeros(image.shape[:2], bool)
+            full[y0:y1, x0:x1] = r["segmentation"]
+            bx, by, bw, bh = r["bbox"]
+            out.append({**r, "segmentation": full, "bbox": [bx + x0, by + y0, bw, bh],
+                        "point_coords": [[px + x0, py + y0] for px, py in r["point_coords"]],
+                        "crop_box": [x0, y0, x1 - x0, y1 - y0]})
+        return sorted(out, key=lambda r: -r["area"])
+
+    def generate_labels(self, image: np.ndarray, *, contrast_limits: Any = None, channels: Any = None,
+                        progress: Any = None) -> tuple[np.ndarray, list[dict]]:
+        """One instance labels image (H, W) with ids 1..N (smaller objects on top) and records
+        without masks (id, area, bbox, predicted_iou, stability_score, point_coords, tile).
+
+        Memory is bounded by a tile, not by the number of objects: the way to segment stage
+        scans. ``progress(done, total)`` is called per tile."""
+        from sam2_core.tiling import Tile, placed, segment_tiled, stitch
+
+        image = np.asarray(image)
+        tiles = self.tiling(*image.shape[:2]) if image.ndim >= 2 else None
+        if tiles is not None:
+            return segment_tiled(self, image, tile=tiles[0], halo=tiles[1], contrast_limits=contrast_limits,
+                                 channels=channels, progress=progress)
+        records = self.generate_untiled(image, contrast_limits=contrast_limits, channels=channels)
+        h, w = image.shape[:2]
+        whole = Tile((0, h, 0, w), (0, h, 0, w))
+        labels, out = stitch([placed(whole, r) for r in records], (h, w))
+        if progress is not None:
+            progress(1, 1)
+        return labels, out
 
     @torch.inference_mode()
-    def generate(self, image: np.ndarray, *, contrast_limits: Any = None, channels: Any = None) -> list[dict]:
-        """Records with segmentation (H, W) bool, area, bbox XYWH, predicted_iou, point_coords,
-        stability_score and crop_box XYWH, largest first."""
+    def generate_untiled(self, image: np.ndarray, *, contrast_limits: Any = None, channels: Any = None) -> list[dict]:
+        """:meth:`generate` on the whole image resized to the model input (Meta's way)."""
         image = np.asarray(image)
         unit = T.to_unit_rgb(image, contrast_limits, channels)
         h, w = unit.shape[:2]
@@ -205,6 +272,7 @@ class SAM2AutomaticMaskGenerator:
                 m_np = fill_small_holes(remove_small_fragments(m_np, self.min_mask_region_area), self.min_mask_region_area)
                 if not m_np.any():
                     continue
+                b = mask_to_box(torch.from_numpy(m_np)[None])[0]  # the box of the cleaned mask
             r = {k: v for k, v in r.items() if k != "_layer"}
             x0, y0, x1, y1 = b.tolist()
             out.append({"segmentation": m_np, "area": int(m_np.sum()), "bbox": [x0, y0, x1 - x0 + 1, y1 - y0 + 1], **r})
@@ -269,19 +337,19 @@ class SAM2AutomaticMaskGenerator:
         return _Batch(full[ok].cpu(), iou[ok].cpu(), stab[ok].cpu(), points[ok.cpu()], low[ok].cpu())
 
 
-def records_to_labels(records: list[dict], shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Instance labels image from generator records (smaller objects drawn on top), ids 1..N."""
+def records_to_labels(records: list[dict], shape: tuple[int, int] | None = None, min_visible: float = 0.5) -> np.ndarray:
+    """Instance labels image from generator records, ids 1..N: smaller objects drawn on top, and a
+    mask less than ``min_visible`` visible dropped (one mask spanning cells also found one by one;
+    see :func:`sam2_core.masks.paint_instances`)."""
+    from sam2_core.masks import paint_instances
+
     if not records:
         if shape is None:
             raise ValueError("no records and no shape given")
         return np.zeros(shape, np.uint16)
     shape = shape or records[0]["segmentation"].shape
-    from sam2_core.track import labels_dtype
-
-    out = np.zeros(shape, labels_dtype(len(records)))
-    for k, r in enumerate(sorted(records, key=lambda r: -r["area"]), start=1):
-        out[r["segmentation"]] = k
-    return out
+    order = sorted(records, key=lambda r: -r["area"])
+    return paint_instances(shape, [(r["segmentation"], (0, 0)) for r in order], min_visible=min_visible)[0]
 
 
 def track_all(frames: Any, seed_frame: int = 0, *, model: Any = "default", generator_kwargs: dict | None = None,
@@ -298,8 +366,7 @@ def track_all(frames: Any, seed_frame: int = 0, *, model: Any = "default", gener
         frames, contrast_limits=track_kwargs.pop("contrast_limits", None), channels=track_kwargs.pop("channels", None))
     gen = SAM2AutomaticMaskGenerator(predictor.model, **(generator_kwargs or {"seeding": "blobs"}))
     unit = source.unit_rgb(seed_frame)
-    records = gen.generate(unit.astype(np.float32), contrast_limits=(0.0, 1.0))
-    labels = records_to_labels(records, unit.shape[:2])
+    labels, _ = gen.generate_labels(unit.astype(np.float32), contrast_limits=(0.0, 1.0))
     prompts = [Prompt(seed_frame, int(i), mask=labels == i) for i in np.unique(labels) if i]
     if not prompts:
         raise ValueError(f"no objects found on frame {seed_frame}; try seeding='grid' or lower thresholds")

@@ -72,3 +72,32 @@ def non_overlapping(logits: torch.Tensor) -> torch.Tensor:
     best = torch.argmax(logits, dim=0, keepdim=True)
     keep = best == torch.arange(logits.shape[0], device=logits.device)[:, None, None, None]
     return torch.where(keep, logits, torch.clamp(logits, max=-10.0))
+
+
+def paint_instances(shape: tuple[int, int], masks, *, min_visible: float = 0.5) -> tuple[np.ndarray, list[int]]:
+    """One instance labels image from masks painted in order, each on top of the earlier ones.
+
+    Args:
+        shape: (H, W) of the labels image.
+        masks: sequence of (mask (h, w) bool, (y0, x0)) placed at that offset; paint the largest
+            first so that smaller objects stay whole.
+        min_visible: a mask of which less than this fraction stays visible is dropped: it is
+            covered by others (typically one mask spanning several cells that were also found
+            one by one), and its few remaining pixels would be a stray label.
+
+    Returns:
+        (labels (H, W) with ids 1..N, uint16 or uint32; for each id the index of its mask).
+    """
+    from sam2_core.track import labels_dtype
+
+    labels = np.zeros(shape, np.int64 if len(masks) > np.iinfo(np.int32).max else np.int32)
+    areas = np.zeros(len(masks) + 1, np.int64)
+    for k, (m, (y0, x0)) in enumerate(masks, start=1):
+        h, w = m.shape
+        labels[y0:y0 + h, x0:x0 + w][m] = k
+        areas[k] = int(m.sum())
+    visible = np.bincount(labels.ravel(), minlength=len(areas))
+    keep = [k for k in range(1, len(areas)) if areas[k] and visible[k] >= min_visible * areas[k]]
+    lut = np.zeros(len(areas), labels_dtype(len(keep)))
+    lut[keep] = np.arange(1, len(keep) + 1)
+    return lut[labels], [k - 1 for k in keep]

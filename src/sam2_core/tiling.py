@@ -13,7 +13,7 @@ wider than a cell, each cell is found whole in exactly one tile, never twice and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,16 +68,24 @@ def _limits(image: np.ndarray, contrast_limits: Any, channels: Sequence[int] | N
 class TiledImagePredictor:
     """:class:`~sam2_core.predictor.image.SAM2ImagePredictor` for large images, tile by tile.
 
-    ``predict`` routes each prompt to the tile whose core holds its first point (or its box's
-    centre) and returns masks (C, H, W) of the whole image, scores (C,), and the tile's low-res
+    Tiles default to the model's own scale: ``tile`` + 2 ``halo`` = the model input (256 + 2 x 32
+    for the bundled model, 768 + 2 x 128 for Meta's), so cells are not shrunk; an image up to
+    1.25x the input is one tile. ``predict`` routes each prompt to the tile whose core holds its
+    first point (or its box's centre) and returns masks (C, H, W) of the whole image, scores (C,), and the tile's low-res
     logits (C, L, L) with the tile's ``outer`` box in ``last_tile``.
     """
 
-    def __init__(self, model: Any, *, tile: int = 1024, halo: int = 128, cache_tiles: int = 4) -> None:
+    def __init__(self, model: Any, *, tile: int | None = None, halo: int | None = None, cache_tiles: int = 4) -> None:
         from sam2_core.predictor.image import SAM2ImagePredictor
 
         self.predictor = SAM2ImagePredictor(model, cache_size=cache_tiles)
-        self.tile, self.halo = tile, halo
+        size = self.predictor.model.image_size
+        if tile is None:  # the model's own scale: core + 2 halo = the model input
+            halo = max(16, size // 8) if halo is None else int(halo)
+            tile = size - 2 * halo
+            if tile < 16:
+                raise ValueError(f"halo {halo} px leaves no core in {size}-px tiles: use a halo below {size // 2 - 8}")
+        self.tile, self.halo = int(tile), (max(16, int(tile) // 8) if halo is None else int(halo))
         self.image: np.ndarray | None = None
         self.last_tile: Tile | None = None
 
@@ -86,7 +94,10 @@ class TiledImagePredictor:
         image = T.check_image(image)
         self.image, self.channels = image, channels
         self.limits = _limits(image, contrast_limits, channels)
-        self.tiles = tile_grid(image.shape[0], image.shape[1], self.tile, self.halo)
+        h, w = image.shape[:2]
+        size = self.predictor.model.image_size
+        whole = max(h, w) <= 1.25 * size and self.tile + 2 * self.halo == size  # native tiles, small image
+        self.tiles = [Tile((0, h, 0, w), (0, h, 0, w))] if whole else tile_grid(h, w, self.tile, self.halo)
 
     def tile_of(self, x: float, y: float) -> Tile:
         for t in self.tiles:
@@ -124,29 +135,39 @@ class TiledImagePredictor:
         return full, scores, low
 
 
-def segment_tiled(generator: Any, image: np.ndarray, *, tile: int = 1024, halo: int = 128,
-                  contrast_limits: Any = None, channels: Sequence[int] | None = None) -> tuple[np.ndarray, list[dict]]:
-    """Automatic segmentation of a large image, tile by tile, stitched without duplicates or cuts.
+def native_tiling(image_size: int, height: int, width: int, halo: int | None = None) -> tuple[int, int] | None:
+    """(core, halo) of tiles the model sees at its own scale, or None when the image is small enough.
 
-    Args:
-        generator: anything with ``generate(image, contrast_limits=, channels=) -> records`` (e.g.
-            :class:`~sam2_core.automatic.SAM2AutomaticMaskGenerator`).
-
-    Returns:
-        (labels (H, W) uint16/uint32 with ids 1..N, records without the full-size masks: area,
-        bbox XYWH in image pixels, predicted_iou, stability_score, tile core).
+    A model trained at ``image_size`` (the bundled one at 256) knows cells at the pixel scale of
+    its training images; resizing a larger image down to its input shrinks every cell below what
+    it has seen (nuclei 7-11 px in radius become 2-5 px at 256 from 1024). Images up to 1.25x
+    the input are resized as usual; larger ones are cut into tiles of ``image_size`` pixels with
+    their halo (``image_size // 8`` by default, at least 16), so each tile is encoded at 1:1.
     """
-    from sam2_core.track import labels_dtype
+    if max(height, width) <= 1.25 * image_size:
+        return None
+    halo = max(16, image_size // 8) if halo is None else int(halo)
+    core = image_size - 2 * halo
+    if core < 16:
+        raise ValueError(f"halo {halo} px leaves no core in {image_size}-px tiles: use a halo below {image_size // 2 - 8}")
+    return core, halo
 
+
+def tiled_records(generate: Callable[..., list[dict]], image: np.ndarray, *, tile: int, halo: int,
+                  contrast_limits: Any = None, channels: Sequence[int] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[Tile, dict]]:
+    """Run ``generate(crop, contrast_limits=, channels=)`` tile by tile; yield (tile, record) for each
+    object found whole in its own tile (centroid in the tile's core, not touching the tile's outer
+    edge inside the image). Records keep the crop-local segmentation; the tile says where it is.
+    ``progress(done, total)`` is called after each tile."""
     image = T.check_image(image)
     h, w = image.shape[:2]
     limits = _limits(image, contrast_limits, channels)
-    kept: list[tuple[Tile, dict]] = []
-    for t in tile_grid(h, w, tile, halo):
-        crop = image[t.slices()]
+    tiles = tile_grid(h, w, tile, halo)
+    for n, t in enumerate(tiles, start=1):
         y0, y1, x0, x1 = t.outer
         cy0, cy1, cx0, cx1 = t.core
-        for r in generator.generate(crop, contrast_limits=limits, channels=channels):
+        for r in generate(image[t.slices()], contrast_limits=limits, channels=channels):
             m = r["segmentation"]
             ys, xs = np.nonzero(m)
             if len(ys) == 0:
@@ -158,15 +179,56 @@ def segment_tiled(generator: Any, image: np.ndarray, *, tile: int = 1024, halo: 
                    or (xs.min() == 0 and x0 > 0) or (xs.max() == m.shape[1] - 1 and x1 < w))
             if cut:
                 continue  # touches the halo's outer edge inside the image: not whole here
-            kept.append((t, r))
-    labels = np.zeros((h, w), labels_dtype(len(kept)))
-    records = []
-    for k, (t, r) in enumerate(sorted(kept, key=lambda tr: -tr[1]["area"]), start=1):
-        y0, y1, x0, x1 = t.outer
-        region = labels[y0:y1, x0:x1]
-        region[r["segmentation"]] = k  # smaller objects drawn later, on top
-        bx, by, bw, bh = r["bbox"]
-        records.append({"id": k, "area": int(r["area"]), "bbox": [bx + x0, by + y0, bw, bh],
-                        "predicted_iou": float(r.get("predicted_iou", 1.0)),
-                        "stability_score": float(r.get("stability_score", 1.0)), "tile": list(t.core)})
-    return labels, records
+            yield t, r
+        if progress is not None:
+            progress(n, len(tiles))
+
+
+def placed(t: Tile, r: dict) -> tuple[np.ndarray, tuple[int, int], dict]:
+    """A tile's record as (mask cropped to its box, (y0, x0) of that box in the image, record in
+    image coordinates without the mask): a few hundred bytes per cell instead of a tile-sized mask."""
+    ys, xs = np.nonzero(r["segmentation"])
+    y0, x0 = t.outer[0], t.outer[2]
+    a, b, c, d = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    rec = {"area": int(r["area"]), "bbox": [int(c + x0), int(a + y0), int(d - c), int(b - a)],
+           "predicted_iou": float(r.get("predicted_iou", 1.0)),
+           "stability_score": float(r.get("stability_score", 1.0)), "tile": list(t.core)}
+    if "point_coords" in r:
+        rec["point_coords"] = [[float(px + x0), float(py + y0)] for px, py in r["point_coords"]]
+    return r["segmentation"][a:b, c:d].copy(), (int(a + y0), int(c + x0)), rec
+
+
+def stitch(kept: Sequence[tuple[np.ndarray, tuple[int, int], dict]], shape: tuple[int, int],
+           min_visible: float = 0.5) -> tuple[np.ndarray, list[dict]]:
+    """Labels (H, W) with ids 1..N from (mask, (y0, x0), record) triples: largest painted first,
+    smaller on top, masks less than ``min_visible`` visible dropped (see
+    :func:`sam2_core.masks.paint_instances`); and the records (id, area, bbox XYWH in image
+    pixels, predicted_iou, stability_score, point_coords, tile core) in id order."""
+    from sam2_core.masks import paint_instances
+
+    order = sorted(kept, key=lambda item: -item[2]["area"])
+    labels, kept_idx = paint_instances(shape, [(m, off) for m, off, _ in order], min_visible=min_visible)
+    return labels, [{"id": k, **order[i][2]} for k, i in enumerate(kept_idx, start=1)]
+
+
+def segment_tiled(generator: Any, image: np.ndarray, *, tile: int = 1024, halo: int = 128,
+                  contrast_limits: Any = None, channels: Sequence[int] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, list[dict]]:
+    """Automatic segmentation of a large image, tile by tile, stitched without duplicates or cuts.
+
+    Args:
+        generator: anything with ``generate(image, contrast_limits=, channels=) -> records`` (e.g.
+            :class:`~sam2_core.automatic.SAM2AutomaticMaskGenerator`, whose own automatic
+            tiling is bypassed here: ``tile`` and ``halo`` decide).
+        tile: core size of each tile in pixels; halo: overlap on each side, wider than half a cell.
+
+    Returns:
+        (labels (H, W) uint16/uint32 with ids 1..N, records without the full-size masks: see
+        :func:`stitch`).
+    """
+    image = T.check_image(image)
+    generate = getattr(generator, "generate_untiled", generator.generate)
+    kept = [placed(t, r) for t, r in tiled_records(generate, image, tile=tile, halo=halo,
+                                                     contrast_limits=contrast_limits, channels=channels,
+                                                     progress=progress)]
+    return stitch(kept, image.shape[:2])
