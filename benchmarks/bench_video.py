@@ -2,11 +2,15 @@
 
 Usage:
     python benchmarks/bench_video.py speed [--sizes 1024 512] [--objects 1 3 10] [--frames 4]
+        [--compile --frames 10 --warmup 6]
     python benchmarks/bench_video.py memory [--lengths 100 1000] [--size 256]
     common: [--threads 2] [--reference-venv PATH] [--no-reference]
 
 speed: seconds per tracked frame (after the prompted frame, median) for N objects prompted on
-       frame 0 of a generated 16-bit time-lapse, at each model input size.
+       frame 0 of a generated 16-bit time-lapse, at each model input size. ``--compile`` runs
+       ours with ``SAM2VideoPredictor(compile=True)`` (Meta's stays eager); ``--warmup N``
+       leaves the first N tracked frames out of the median (compiling happens there, and again
+       while the memory bank grows; the bank is full from frame num_maskmem = 7).
 memory: peak RSS while tracking one object through T frames of a 512x512 uint16 TIFF.
 Each measurement runs in a fresh subprocess. Meta's predictor is run only from this script's
 worker (with the reference venv's python), never imported by the package.
@@ -92,7 +96,8 @@ def worker(args: argparse.Namespace) -> dict:
         from sam2_core import build_sam2
         from sam2_core.predictor.video import SAM2VideoPredictor
 
-        pred = SAM2VideoPredictor(build_sam2(MODEL, checkpoint=args.checkpoint, image_size=args.size, device="cpu"))
+        pred = SAM2VideoPredictor(build_sam2(MODEL, checkpoint=args.checkpoint, image_size=args.size, device="cpu"),
+                                  compile=bool(getattr(args, "compile", False)))
         state = pred.init_state(source)
     else:
         import warnings
@@ -125,7 +130,7 @@ def worker(args: argparse.Namespace) -> dict:
         t0, c0 = time.perf_counter(), _cpu_s()
         for f, _, _ in pred.propagate_in_video(state):
             t1, c1 = time.perf_counter(), _cpu_s()
-            if f > 0:
+            if f > getattr(args, "warmup", 0):
                 times.append(t1 - t0)
                 cpu.append(c1 - c0)
             t0, c0 = t1, c1
@@ -149,6 +154,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 512])
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 3, 10])
     ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--compile", action="store_true", help="ours with torch.compile (Meta's eager)")
+    ap.add_argument("--warmup", type=int, default=0, help="tracked frames left out of the median")
     ap.add_argument("--lengths", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
@@ -179,7 +186,8 @@ def main() -> None:
         common = ["--threads", str(args.threads)]
         if args.mode == "speed":
             print(f"seconds per frame, {MODEL} (seeded random weights), {args.threads} threads, "
-                  f"512x512 16-bit frames, median over {args.frames} tracked frames")
+                  f"512x512 16-bit frames, median over tracked frames {args.warmup + 1}-{args.frames}"
+                  + (" (ours compiled with torch.compile, Meta's eager)" if args.compile else ""))
             print("wall = elapsed seconds; cpu = CPU seconds of the worker process (all threads), "
                   "less sensitive to other load on the machine")
             two = len(impls) > 1
@@ -188,8 +196,11 @@ def main() -> None:
                   + ("   ratio" if two else ""))
             for size in args.sizes:
                 for n in args.objects:
+                    extra = ["--warmup", str(args.warmup)]
                     r = {i: run(i, py, ckpt, "speed", [*common, "--size", str(size), "--objects", str(n),
-                                              "--frames", str(args.frames)]) for i, py in impls}
+                                              "--frames", str(args.frames), *extra,
+                                              *(["--compile"] if args.compile and i == "ours" else [])])
+                         for i, py in impls}
                     line = f"{size:>5} {n:>7} " + " ".join(f"{r[i]['median_s']:10.2f}" for i, _ in impls)
                     if "meta" in r:
                         line += f"   {r['ours']['median_s'] / r['meta']['median_s']:.2f}x"

@@ -59,6 +59,27 @@ def test_batched_step_equals_one_by_one(tiny256, movie):
     assert all(v is None for v in saved.values())  # frame 4 had not been tracked yet
 
 
+def test_memory_attention_shares_the_first_self_attention(tiny256):
+    """Objects on one frame share its features (an expanded batch): the first layer's
+    self-attention runs once; the result equals running every object through it."""
+    att = tiny256.memory_attention.eval()
+    torch.manual_seed(3)
+    hw, m = (8, 8), att.layers[0].cross_attn_image.kv_in_dim
+    c = att.layers[0].norm1.normalized_shape[0]
+    curr = torch.randn(1, 64, c).expand(3, -1, -1)
+    pos = torch.randn(1, 64, c).expand(3, -1, -1)
+    mem, mem_pos = torch.randn(3, 2 * 64 + 8, m), torch.randn(3, 2 * 64 + 8, m)
+    calls = []
+    hook = att.layers[0].self_attn.register_forward_hook(lambda mod, a, out: calls.append(out.shape[0]))
+    with torch.inference_mode():
+        shared = att(curr, pos, mem, mem_pos, feat_hw=hw, num_obj_ptr_tokens=8)
+        assert calls == [1]
+        each = att(curr.contiguous(), pos.contiguous(), mem, mem_pos, feat_hw=hw, num_obj_ptr_tokens=8)
+        assert calls == [1, 3]
+    hook.remove()
+    torch.testing.assert_close(shared, each, rtol=1e-5, atol=1e-5)
+
+
 def test_batched_run_agrees_with_one_by_one(tiny256, movie):
     m, lab = movie
     results = []

@@ -125,15 +125,21 @@ class MemoryAttentionLayer(nn.Module):
         feat_hw: tuple[int, int],
         num_k_exclude_rope: int = 0,
         rope: tuple[RopeTables, RopeTables] | None = None,
+        batch: int | None = None,
     ) -> torch.Tensor:
         """tgt (B, HW, C); memory, memory_pos (B, M, mem_dim) -> (B, HW, C).
 
         ``rope``: explicit (query, memory) tables, see :meth:`RoPEAttention.forward`.
+        ``batch``: tgt is one (1, HW, C) item shared by ``batch`` objects (the first layer, whose
+        queries are the same image features for every object): self-attention runs once and
+        its result is broadcast before the per-object cross-attention.
         """
         t = self.norm1(tgt)
         self_rope = None if rope is None else (rope[0], rope[0])
         tgt = tgt + self.dropout1(self.self_attn(t, t, t, feat_hw=feat_hw, rope=self_rope))
         t = self.norm2(tgt)
+        if batch is not None:
+            tgt, t = tgt.expand(batch, -1, -1), t.expand(batch, -1, -1)
         t = self.cross_attn_image(
             t,
             memory + memory_pos,
@@ -211,9 +217,16 @@ class MemoryAttention(nn.Module):
         """
         if memory.dtype != curr.dtype:  # e.g. bf16-stored memory with fp32 compute (sam2#577)
             memory, memory_pos = memory.to(curr.dtype), memory_pos.to(curr.dtype)
-        out = curr + 0.1 * curr_pos
-        for layer in self.layers:
+        b = curr.shape[0]
+        # Objects tracked on one frame share its image features (an expanded batch): the first
+        # layer's self-attention is then the same for all of them and runs once (inference only,
+        # so that training keeps independent dropout per object).
+        shared = (b > 1 and not self.training and curr.stride(0) == 0 and curr_pos.stride(0) == 0
+                  and (rope is None or rope[0][0].ndim == 2))
+        out = curr[:1] + 0.1 * curr_pos[:1] if shared else curr + 0.1 * curr_pos
+        for k, layer in enumerate(self.layers):
             out = layer(
-                out, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_obj_ptr_tokens, rope=rope
+                out, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_obj_ptr_tokens, rope=rope,
+                batch=b if shared and k == 0 else None,
             )
         return self.norm(out)

@@ -144,20 +144,26 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     float32 with real arithmetic (works on every device) and cast back to x's dtype.
     """
     n = x.shape[-2]
+    xf = x.float()
     if cos.ndim == 3:
         if cos.shape[-2] != n:
             raise ValueError(f"per-item RoPE tables of {cos.shape[-2]} positions for {n} tokens")
         cos, sin = cos[:, None], sin[:, None]
+        pairs = xf.reshape(*x.shape[:-1], -1, 2)
     else:
         reps = n // cos.shape[0]
         if reps * cos.shape[0] != n:
             raise ValueError(f"RoPE table of {cos.shape[0]} positions cannot cover {n} tokens")
-        if reps > 1:
-            cos, sin = cos.repeat(reps, 1), sin.repeat(reps, 1)
-    xf = x.float().reshape(*x.shape[:-1], -1, 2)
-    xr, xi = xf[..., 0], xf[..., 1]
-    out = torch.stack((xr * cos - xi * sin, xr * sin + xi * cos), dim=-1).flatten(-2)
-    return out.type_as(x)
+        # repeated tables broadcast over a (reps, N') view of the tokens instead of being copied
+        pairs = xf.reshape(*x.shape[:-2], reps, cos.shape[0], -1, 2)
+    xr, xi = pairs[..., 0], pairs[..., 1]
+    out = torch.empty_like(pairs)
+    re, im = out[..., 0], out[..., 1]
+    torch.mul(xr, cos, out=re)
+    re.sub_(xi * sin)
+    torch.mul(xr, sin, out=im)
+    im.add_(xi * cos)
+    return out.reshape(x.shape).type_as(x)
 
 
 def sine_1d(pos: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:
