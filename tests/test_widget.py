@@ -513,3 +513,36 @@ def test_scripted_propagate_fast(make_napari_viewer, small_checkpoint, movie, mo
     monkeypatch.setattr(SegmentationSession, "prefetch", lambda self, f: prefetched.append(f))
     viewer.dims.current_step = (3, 0, 0)
     assert prefetched == []  # no embedding computed on the GUI thread by a finished script call
+
+
+def test_clicks_on_a_large_single_image_go_to_native_tiles(make_napari_viewer, qtbot):
+    """A 2-D image larger than the model input: each click is segmented in the tile that holds
+    it, at the model's own scale (the bundled model: 256-px tiles), not on the resized image."""
+    from sam2_core.build import bundled_checkpoint
+    from sam2_core.simulate_cells import simulate_cells
+
+    if bundled_checkpoint() is None:
+        pytest.skip("no bundled weights in this installation")
+    sim = simulate_cells(1, (512, 512), seed=10_009, n_cells=160)
+    image, truth = sim.movie[0], sim.labels[0]
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="scan")
+    w = _dock(viewer)
+    c = w.controller
+    picked = [k for k in np.unique(truth) if k][::40][:4]  # nuclei spread over the field
+    for n, k in enumerate(picked, start=1):
+        ys, xs = np.nonzero(truth == k)
+        i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))  # a pixel of the nucleus
+        layer = c.prompts_layer()
+        c.set_object(n)
+        layer.feature_defaults = {OBJECT_ID: n, POSITIVE: True}
+        layer.add([[ys[i], xs[i]]])
+        _wait_idle(qtbot, c)
+    out = viewer.layers[A.LABELS].data
+    assert out.shape == (512, 512), _errors()
+    for n, k in enumerate(picked, start=1):
+        m, t = out == n, truth == k
+        assert (m & t).sum() / (m | t).sum() >= 0.5, (n, _errors())
+    session = c.session
+    assert session.state is None and session._tiled is not None  # the whole-image path never ran
+    assert session._tiled.predictor.encoded <= len(picked)

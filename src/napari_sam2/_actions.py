@@ -456,6 +456,8 @@ class Controller:
         def job():
             session = self._ensure_session()
             used.append(session)
+            if session.needs_tiles(view):  # one large image: tiles at the model's own scale
+                return [(0, *session.tiled_labels(data, view, limits, points, boxes, masks))]
             session.set_stack(data, view, contrast_limits=limits)
             changed = session.sync_prompts(points, boxes, masks)
             todo = sorted({f for f, _ in changed} | set(frames or []))

@@ -72,6 +72,8 @@ class SegmentationSession:
         self.view: StackView | None = None
         self._data_id: tuple | None = None
         self._applied: dict[tuple[int, int], tuple] = {}  # (frame, obj) -> prompt fingerprint
+        self._tiled = None  # TiledImagePredictor for single images larger than the model input
+        self._tiled_id: tuple | None = None
 
     # --- data --------------------------------------------------------------------------------
 
@@ -88,6 +90,50 @@ class SegmentationSession:
             self._data_id = key
             self._applied.clear()
             return True
+
+    # --- single large images -------------------------------------------------------------------
+
+    def needs_tiles(self, view: StackView) -> bool:
+        """A single 2-D image larger than the model input: prompts are segmented in tiles at the
+        model's own scale instead of on the whole image resized to the input."""
+        return view.axis is None and max(view.frame_shape) > 1.25 * self.model.image_size
+
+    def tiled_labels(self, data: Any, view: StackView, contrast_limits: Any,
+                     points: dict, boxes: dict | None = None, masks: dict | None = None) -> tuple[np.ndarray, list[int]]:
+        """(H, W) labels and object ids of a large single image: each object's clicks or box go to
+        the tile that holds them (:class:`sam2_core.tiling.TiledImagePredictor`, only that tile
+        is encoded); mask prompts are taken as they are. Where objects overlap, the one with the
+        higher predicted IoU keeps the pixel."""
+        from sam2_core.tiling import TiledImagePredictor
+        from sam2_core.track import labels_dtype
+
+        boxes, masks = boxes or {}, masks or {}
+        key = (id(data), view, None if contrast_limits is None else tuple(np.ravel(contrast_limits)))
+        with self.lock:
+            if self._tiled is None:
+                self._tiled = TiledImagePredictor(self.model)
+            if key != self._tiled_id:
+                self._tiled.set_image(np.asarray(view.stack_of(data)[0]), contrast_limits=contrast_limits)
+                self._tiled_id = key
+            ids = sorted({obj for _, obj in set(points) | set(boxes) | set(masks)})
+            shape = view.frame_shape
+            labels = np.zeros(shape, labels_dtype(max(ids, default=0)))
+            best = np.full(shape, -np.inf, np.float32)
+            for obj in ids:
+                k = (0, obj)
+                if k in masks and k not in points and k not in boxes:
+                    mask, score = np.asarray(masks[k], bool), 1.0
+                else:
+                    p = points.get(k)
+                    single = p is not None and len(p[0]) == 1 and k not in boxes
+                    out, scores, _ = self._tiled.predict(
+                        point_coords=None if p is None else p[0], point_labels=None if p is None else p[1],
+                        box=boxes.get(k), multimask_output=single)
+                    i = int(np.argmax(scores))
+                    mask, score = out[i], float(scores[i])
+                win = mask & (score > best)
+                labels[win], best[win] = obj, score
+            return labels, ids
 
     def _require(self) -> None:
         if self.state is None:
