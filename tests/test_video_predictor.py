@@ -281,3 +281,17 @@ def test_labels_helpers():
         Prompt(0, 0, points=[[1, 1]])
     with pytest.raises(ValueError, match="no points, box or mask"):
         Prompt(0, 1)
+
+
+def test_rope_inference_and_training_paths_agree():
+    """apply_rope writes in place at inference and stays differentiable in training: same values."""
+    from sam2_core.modeling.position_encoding import apply_rope, axial_rope_tables
+
+    cos, sin = axial_rope_tables(32, 4, 3)
+    x = torch.randn(2, 1, 3 * 12, 32, requires_grad=True)  # 3 repeats of the 12-token table
+    trained = apply_rope(x, cos, sin)
+    with torch.inference_mode():
+        inferred = apply_rope(x.detach(), cos, sin)
+    assert torch.equal(trained.detach(), inferred)
+    trained.square().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

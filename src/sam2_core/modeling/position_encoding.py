@@ -157,12 +157,15 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
         # repeated tables broadcast over a (reps, N') view of the tokens instead of being copied
         pairs = xf.reshape(*x.shape[:-2], reps, cos.shape[0], -1, 2)
     xr, xi = pairs[..., 0], pairs[..., 1]
-    out = torch.empty_like(pairs)
-    re, im = out[..., 0], out[..., 1]
-    torch.mul(xr, cos, out=re)
-    re.sub_(xi * sin)
-    torch.mul(xr, sin, out=im)
-    im.add_(xi * cos)
+    if torch.is_grad_enabled() and (pairs.requires_grad or cos.requires_grad or sin.requires_grad):
+        out = torch.stack((xr * cos - xi * sin, xr * sin + xi * cos), dim=-1)  # differentiable
+    else:  # inference: written in place into one buffer (the same values, no stack copy)
+        out = torch.empty_like(pairs)
+        re, im = out[..., 0], out[..., 1]
+        torch.mul(xr, cos, out=re)
+        re.sub_(xi * sin)
+        torch.mul(xr, sin, out=im)
+        im.add_(xi * cos)
     return out.reshape(x.shape).type_as(x)
 
 
