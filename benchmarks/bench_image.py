@@ -47,35 +47,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procstat import current_rss_mb, peak_rss_mb  # noqa: E402
+
 sys.path.insert(0, str(ROOT / "src"))
 CLICK_GOAL_MS = 100.0
 
 
 def _load() -> str:
     return open("/proc/loadavg").read().split()[0] if os.path.exists("/proc/loadavg") else "?"
-
-
-def _rss_mb() -> float:
-    """Peak RSS of this process. VmHWM, not getrusage's ru_maxrss: ru_maxrss survives execve, so
-    a worker started from a big parent would report the parent's peak."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _current_rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except OSError:
-        return float("nan")
 
 
 def nuclei_image(size: int, seed: int = 0, radius: tuple[float, float] = (7.0, 11.0), density: float = 0.2):
@@ -283,7 +263,7 @@ def worker(spec: dict) -> dict:
 
     model = build_sam2("default", device="cpu")
     image = np.load(spec["image"])
-    base = _current_rss_mb()
+    base = current_rss_mb()
     load0 = _load()
     out: dict = {"base_rss_mb": base}
     if spec["kind"] == "segment":
@@ -298,7 +278,7 @@ def worker(spec: dict) -> dict:
         out["tiles"] = len(tile_grid(*image.shape[:2], core, halo))
         out["core"], out["halo"] = core, halo
         out["objects"] = len(records)
-        out["peak_rss_mb"] = _rss_mb()  # before the scoring below, which is not part of the work
+        out["peak_rss_mb"] = peak_rss_mb()  # before the scoring below, which is not part of the work
         truth = np.load(spec["labels"])
         out["recall"], out["precision"] = match_scores(truth, lab)
     else:  # tiled clicks
@@ -338,7 +318,7 @@ def worker(spec: dict) -> dict:
         out.update(first_ms=_stats(first), again_ms=_stats(again) if again else None,
                    direct_first_ms=_stats(direct_first), direct_again_ms=_stats(direct_again),
                    tiles_visited=len(first), clicks=len(objs), tiles=len(tiled.tiles))
-    out.setdefault("peak_rss_mb", _rss_mb())
+    out.setdefault("peak_rss_mb", peak_rss_mb())
     out["load"] = f"{load0} -> {_load()}"
     return out
 

@@ -22,18 +22,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procstat import peak_rss_mb  # noqa: E402
+
 REF_CONFIGS = {
     "sam2.1_hiera_tiny": "configs/sam2.1/sam2.1_hiera_t.yaml",
     "sam2.1_hiera_small": "configs/sam2.1/sam2.1_hiera_s.yaml",
     "sam2.1_hiera_base_plus": "configs/sam2.1/sam2.1_hiera_b+.yaml",
     "sam2.1_hiera_large": "configs/sam2.1/sam2.1_hiera_l.yaml",
 }
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def worker(impl: str, ckpt: str, model: str, size: int, threads: int, repeats: int) -> dict:
@@ -54,7 +51,7 @@ def worker(impl: str, ckpt: str, model: str, size: int, threads: int, repeats: i
         net = ref_build(REF_CONFIGS[model], ckpt, device="cpu",
                         hydra_overrides_extra=[f"++model.image_size={size}"])
         run = net.forward_image
-    rss_before = _peak_rss_mb()
+    rss_before = peak_rss_mb()
     times = []
     with torch.inference_mode():
         run(x)  # warm-up
@@ -67,7 +64,7 @@ def worker(impl: str, ckpt: str, model: str, size: int, threads: int, repeats: i
         "torch": torch.__version__,
         "median_s": float(np.median(times)),
         "min_s": float(np.min(times)),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "rss_before_mb": rss_before,
     }
 

@@ -28,24 +28,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _procstat import peak_rss_mb  # noqa: E402
+
 MODEL = "sam2.1_hiera_tiny"
 REF_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
-
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process: VmHWM of /proc/self/status. Not getrusage's ru_maxrss, which
-    survives fork + execve: a worker would report the parent's peak, and the parent holds the
-    whole stack while it writes the TIFF (that made 1000 frames look 1.42x the 100-frame peak)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _cpu_s() -> float:
@@ -136,7 +123,7 @@ def worker(args: argparse.Namespace) -> dict:
             t0, c0 = t1, c1
     return {"impl": args.impl, "median_s": float(np.median(times)) if times else None,
             "median_cpu_s": float(np.median(cpu)) if cpu else None,
-            "frames": len(times) + 1, "peak_rss_mb": _peak_rss_mb(), "torch": torch.__version__}
+            "frames": len(times) + 1, "peak_rss_mb": peak_rss_mb(), "torch": torch.__version__}
 
 
 def run(impl: str, python: str, ckpt: Path, mode: str, extra: list[str]) -> dict:

@@ -546,3 +546,15 @@ def test_clicks_on_a_large_single_image_go_to_native_tiles(make_napari_viewer, q
     session = c.session
     assert session.state is None and session._tiled is not None  # the whole-image path never ran
     assert session._tiled.predictor.encoded <= len(picked)
+    # a further click decodes only the object it belongs to; the others are reused
+    decoded = []
+    predict = session._tiled.predict
+    session._tiled.predict = lambda **kw: decoded.append(kw) or predict(**kw)
+    ys, xs = np.nonzero(truth == picked[0])
+    layer = c.prompts_layer()
+    c.set_object(1)
+    layer.feature_defaults = {OBJECT_ID: 1, POSITIVE: True}
+    layer.add([[ys[0], xs[0]]])
+    _wait_idle(qtbot, c)
+    assert len(decoded) == 1 and len(decoded[0]["point_coords"]) == 2, _errors()
+    assert set(np.unique(viewer.layers[A.LABELS].data)) == set(range(len(picked) + 1))

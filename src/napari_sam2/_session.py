@@ -51,6 +51,16 @@ def load_model(name: str = "default", checkpoint: str | None = None, device: str
         raise ModelUnavailable(f"model {checkpoint or name!r} is not available: {e}") from e
 
 
+def _fingerprint(key: tuple[int, int], points: dict, boxes: dict, masks: dict) -> tuple:
+    """What identifies one object's prompts on one frame (to skip recomputing unchanged ones)."""
+    p, b, m = points.get(key), boxes.get(key), masks.get(key)
+    return (
+        None if p is None else (p[0].tobytes(), p[1].tobytes()),
+        None if b is None else b.tobytes(),
+        None if m is None else hash(np.packbits(m).tobytes()),
+    )
+
+
 class SegmentationSession:
     """Interactive segmentation and tracking on one stack.
 
@@ -74,6 +84,7 @@ class SegmentationSession:
         self._applied: dict[tuple[int, int], tuple] = {}  # (frame, obj) -> prompt fingerprint
         self._tiled = None  # TiledImagePredictor for single images larger than the model input
         self._tiled_id: tuple | None = None
+        self._tiled_results: dict[int, tuple] = {}  # obj -> (prompt fingerprint, mask, score)
 
     # --- data --------------------------------------------------------------------------------
 
@@ -115,25 +126,38 @@ class SegmentationSession:
             if key != self._tiled_id:
                 self._tiled.set_image(np.asarray(view.stack_of(data)[0]), contrast_limits=contrast_limits)
                 self._tiled_id = key
+                self._tiled_results.clear()
             ids = sorted({obj for _, obj in set(points) | set(boxes) | set(masks)})
             shape = view.frame_shape
             labels = np.zeros(shape, labels_dtype(max(ids, default=0)))
             best = np.full(shape, -np.inf, np.float32)
             for obj in ids:
                 k = (0, obj)
-                if k in masks and k not in points and k not in boxes:
-                    mask, score = np.asarray(masks[k], bool), 1.0
-                else:
-                    p = points.get(k)
-                    single = p is not None and len(p[0]) == 1 and k not in boxes
-                    out, scores, _ = self._tiled.predict(
-                        point_coords=None if p is None else p[0], point_labels=None if p is None else p[1],
-                        box=boxes.get(k), multimask_output=single)
-                    i = int(np.argmax(scores))
-                    mask, score = out[i], float(scores[i])
-                win = mask & (score > best)
-                labels[win], best[win] = obj, score
+                fp = _fingerprint(k, points, boxes, masks)
+                cached = self._tiled_results.get(obj)
+                if cached is None or cached[0] != fp:  # new or changed prompts: decode them
+                    cached = (fp, *self._tiled_mask(k, points, boxes, masks))
+                    self._tiled_results[obj] = cached
+                _, mask, (y0, x0), score = cached
+                region = (slice(y0, y0 + mask.shape[0]), slice(x0, x0 + mask.shape[1]))
+                win = mask & (score > best[region])
+                labels[region][win], best[region][win] = obj, score
+            self._tiled_results = {o: self._tiled_results[o] for o in ids}
             return labels, ids
+
+    def _tiled_mask(self, k: tuple[int, int], points: dict, boxes: dict, masks: dict):
+        """(mask cropped to where it can be, (y0, x0) of the crop, score) of one object's prompts."""
+        if k in masks and k not in points and k not in boxes:
+            mask = np.asarray(masks[k], bool)
+            return mask, (0, 0), 1.0
+        p = points.get(k)
+        single = p is not None and len(p[0]) == 1 and k not in boxes
+        out, scores, _ = self._tiled.predict(
+            point_coords=None if p is None else p[0], point_labels=None if p is None else p[1],
+            box=boxes.get(k), multimask_output=single)
+        i = int(np.argmax(scores))
+        y0, y1, x0, x1 = self._tiled.last_tile.outer  # the mask is empty outside its tile
+        return out[i, y0:y1, x0:x1].copy(), (y0, x0), float(scores[i])  # not a view of the full mask
 
     def _require(self) -> None:
         if self.state is None:
@@ -159,16 +183,7 @@ class SegmentationSession:
         Unchanged prompts are not recomputed; prompts that disappeared are cleared.
         """
         boxes, masks = boxes or {}, masks or {}
-        wanted: dict[tuple[int, int], tuple] = {}
-        for key in set(points) | set(boxes) | set(masks):
-            p = points.get(key)
-            b = boxes.get(key)
-            m = masks.get(key)
-            wanted[key] = (
-                None if p is None else (p[0].tobytes(), p[1].tobytes()),
-                None if b is None else b.tobytes(),
-                None if m is None else hash(np.packbits(m).tobytes()),
-            )
+        wanted = {key: _fingerprint(key, points, boxes, masks) for key in set(points) | set(boxes) | set(masks)}
         changed = []
         with self.lock:
             self._require()

@@ -181,7 +181,7 @@ class SAM2AutomaticMaskGenerator:
 
     def tiling(self, height: int, width: int) -> tuple[int, int] | None:
         """(tile core, halo) in pixels for an image of this size, or None to take it whole."""
-        from sam2_core.tiling import native_tiling
+        from sam2_core.tiling import default_halo, native_tiling
 
         if not self.tile_size:
             return None
@@ -189,7 +189,7 @@ class SAM2AutomaticMaskGenerator:
             return native_tiling(self.predictor.model.image_size, height, width, self.tile_halo)
         if max(height, width) <= self.tile_size:
             return None
-        return self.tile_size, (max(16, self.tile_size // 8) if self.tile_halo is None else self.tile_halo)
+        return self.tile_size, (default_halo(self.tile_size) if self.tile_halo is None else self.tile_halo)
 
     def generate(self, image: np.ndarray, *, contrast_limits: Any = None, channels: Any = None,
                  progress: Any = None) -> list[dict]:
@@ -199,17 +199,16 @@ class SAM2AutomaticMaskGenerator:
         tiles = self.tiling(*image.shape[:2]) if image.ndim >= 2 else None
         if tiles is None:
             return self.generate_untiled(image, contrast_limits=contrast_limits, channels=channels)
-        from sam2_core.tiling import tiled_records
+        from sam2_core.tiling import placed, tiled_records
 
         out = []
         for t, r in tiled_records(self.generate_untiled, image, tile=tiles[0], halo=tiles[1],
                                   contrast_limits=contrast_limits, channels=channels, progress=progress):
-            y0, y1, x0, x1 = t.outer
+            mask, (y, x), rec = placed(t, r)  # image coordinates
             full = np.zeros(image.shape[:2], bool)
-            full[y0:y1, x0:x1] = r["segmentation"]
-            bx, by, bw, bh = r["bbox"]
-            out.append({**r, "segmentation": full, "bbox": [bx + x0, by + y0, bw, bh],
-                        "point_coords": [[px + x0, py + y0] for px, py in r["point_coords"]],
+            full[y:y + mask.shape[0], x:x + mask.shape[1]] = mask
+            y0, y1, x0, x1 = t.outer
+            out.append({**r, "segmentation": full, "bbox": rec["bbox"], "point_coords": rec["point_coords"],
                         "crop_box": [x0, y0, x1 - x0, y1 - y0]})
         return sorted(out, key=lambda r: -r["area"])
 

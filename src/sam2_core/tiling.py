@@ -79,13 +79,10 @@ class TiledImagePredictor:
         from sam2_core.predictor.image import SAM2ImagePredictor
 
         self.predictor = SAM2ImagePredictor(model, cache_size=cache_tiles)
-        size = self.predictor.model.image_size
-        if tile is None:  # the model's own scale: core + 2 halo = the model input
-            halo = max(16, size // 8) if halo is None else int(halo)
-            tile = size - 2 * halo
-            if tile < 16:
-                raise ValueError(f"halo {halo} px leaves no core in {size}-px tiles: use a halo below {size // 2 - 8}")
-        self.tile, self.halo = int(tile), (max(16, int(tile) // 8) if halo is None else int(halo))
+        self.native = tile is None  # the model's own scale: core + 2 halo = the model input
+        if self.native:
+            tile, halo = native_tile(self.predictor.model.image_size, halo)
+        self.tile, self.halo = int(tile), (default_halo(tile) if halo is None else int(halo))
         self.image: np.ndarray | None = None
         self.last_tile: Tile | None = None
 
@@ -95,8 +92,7 @@ class TiledImagePredictor:
         self.image, self.channels = image, channels
         self.limits = _limits(image, contrast_limits, channels)
         h, w = image.shape[:2]
-        size = self.predictor.model.image_size
-        whole = max(h, w) <= 1.25 * size and self.tile + 2 * self.halo == size  # native tiles, small image
+        whole = self.native and native_tiling(self.predictor.model.image_size, h, w) is None
         self.tiles = [Tile((0, h, 0, w), (0, h, 0, w))] if whole else tile_grid(h, w, self.tile, self.halo)
 
     def tile_of(self, x: float, y: float) -> Tile:
@@ -135,6 +131,20 @@ class TiledImagePredictor:
         return full, scores, low
 
 
+def default_halo(tile: int) -> int:
+    """Halo of a ``tile``-pixel tile when none is given: 1/8 of it, at least 16 px."""
+    return max(16, int(tile) // 8)
+
+
+def native_tile(image_size: int, halo: int | None = None) -> tuple[int, int]:
+    """(core, halo) of tiles seen at the model's own scale: core + 2 halo = ``image_size``."""
+    halo = default_halo(image_size) if halo is None else int(halo)
+    core = image_size - 2 * halo
+    if core < 16:
+        raise ValueError(f"halo {halo} px leaves no core in {image_size}-px tiles: use a halo below {image_size // 2 - 8}")
+    return core, halo
+
+
 def native_tiling(image_size: int, height: int, width: int, halo: int | None = None) -> tuple[int, int] | None:
     """(core, halo) of tiles the model sees at its own scale, or None when the image is small enough.
 
@@ -146,11 +156,7 @@ def native_tiling(image_size: int, height: int, width: int, halo: int | None = N
     """
     if max(height, width) <= 1.25 * image_size:
         return None
-    halo = max(16, image_size // 8) if halo is None else int(halo)
-    core = image_size - 2 * halo
-    if core < 16:
-        raise ValueError(f"halo {halo} px leaves no core in {image_size}-px tiles: use a halo below {image_size // 2 - 8}")
-    return core, halo
+    return native_tile(image_size, halo)
 
 
 def tiled_records(generate: Callable[..., list[dict]], image: np.ndarray, *, tile: int, halo: int,
