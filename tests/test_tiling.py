@@ -135,6 +135,21 @@ def test_generator_tiling_choice():
         SAM2AutomaticMaskGenerator(m, tile_size=8)
 
 
+def test_generator_seeding_default_is_blobs_unless_a_grid_is_asked_for():
+    from sam2_core.automatic import SAM2AutomaticMaskGenerator
+
+    m = SAM2Model(DEFAULT_CONFIG).eval()
+    assert SAM2AutomaticMaskGenerator(m).seeding == "blobs"  # microscopy default
+    meta_style = SAM2AutomaticMaskGenerator(m, points_per_side=16)  # a script written for Meta's generator
+    assert meta_style.seeding == "grid" and meta_style.points_per_side == 16
+    assert SAM2AutomaticMaskGenerator(m, point_grids=[np.full((4, 2), 0.5)]).seeding == "grid"
+    grid = SAM2AutomaticMaskGenerator(m, seeding="grid")
+    assert grid.points_per_side == 32 and len(grid._seeds(np.zeros((64, 64, 3), np.float32), 0)) == 32 * 32
+    assert SAM2AutomaticMaskGenerator(m, points_per_side=16, seeding="blobs").seeding == "blobs"
+    with pytest.raises(ValueError, match="seeding"):
+        SAM2AutomaticMaskGenerator(m, seeding="random")
+
+
 @pytest.fixture(scope="module")
 def bundled():
     from sam2_core.build import build_sam2, bundled_checkpoint

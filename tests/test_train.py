@@ -90,6 +90,27 @@ def test_clip_from_simulation_and_stacks():
     assert pool.sample(10, 2).frames.shape[0] == 8  # clipped to the movie's length
 
 
+def test_clips_of_spaced_frames():
+    """stride s takes every s-th frame; a stride too long for the movie is shortened to fit."""
+    from sam2_core.train.data import LabelledMovie
+
+    n = 9
+    labels = np.zeros((n, 64, 64), np.int32)
+    for t in range(n):
+        labels[t, 10 : 14 + t, 10 : 14 + t] = 1  # side 4 + t: the clip's areas tell its frames
+    item = LabelledMovie(np.random.default_rng(0).normal(100, 10, (n, 64, 64)).astype(np.float32), labels, {})
+    rng = np.random.default_rng(0)
+    for stride, expect in ((1, 1), (2, 2), (3, 2), (100, 2)):  # 4 frames spanning at most 9: stride <= 2
+        for _ in range(5):
+            clip = make_clip(item, 64, 4, 1, rng, stride=stride)
+            sides = np.sqrt(clip.targets[0].sum((1, 2)).numpy())
+            assert clip.frames.shape[0] == 4 and np.allclose(np.diff(sides), expect), (stride, sides)
+    pool = StackPool([item], 64, seed=1)
+    seen = {float(np.diff(np.sqrt(pool.sample(3, 1, max_stride=4).targets[0].sum((1, 2)).numpy()))[0])
+            for _ in range(40)}
+    assert seen == {1.0, 2.0, 3.0, 4.0}  # 3 frames of 9: every stride up to 4 fits
+
+
 def test_training_learns_and_resumes(tmp_path):
     torch.manual_seed(0)
     model = SAM2Model(TINY)
@@ -140,9 +161,10 @@ def test_cli_train_on_labelled_stack(tmp_path, capsys):
     torch.manual_seed(0)
     start = save_checkpoint(SAM2Model(TINY), tmp_path / "start.pt")
     args = ["train", "--images", str(tmp_path / "img.tif"), "--labels", str(tmp_path / "lab.tif"), "--model",
-            str(start), "--steps", "2", "--clip-len", "3", "--out", str(tmp_path / "ft.pt")]
+            str(start), "--steps", "2", "--clip-len", "3", "--max-stride", "2", "--out", str(tmp_path / "ft.pt")]
     assert main(args) == 0
     assert "step 2" in capsys.readouterr().out
+    assert torch.load(tmp_path / "ft.pt", weights_only=True)["train_config"]["max_stride"] == 2
     assert build_sam2(checkpoint=tmp_path / "ft.pt", device="cpu").config == TINY
     assert main(args[:3] + ["--out", str(tmp_path / "x.pt")]) == 1  # labels missing
     assert "must pair up" in capsys.readouterr().err

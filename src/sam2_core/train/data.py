@@ -74,13 +74,20 @@ def make_clip(
     rng: np.random.Generator,
     min_area: int = 12,
     augment: bool = True,
+    stride: int = 1,
 ) -> Clip | None:
-    """A random clip of ``item`` with up to ``max_objects`` objects visible on its first frame."""
+    """A random clip of ``item`` with up to ``max_objects`` objects visible on its first frame.
+
+    ``stride`` > 1 takes every stride-th frame (lowered to what the movie's length allows): the
+    memory then spans more time, with larger motion between frames, than consecutive frames give.
+    """
     n = item.movie.shape[0]
     if n < clip_len:
         return None
-    t0 = int(rng.integers(n - clip_len + 1))
-    movie, labels = item.movie[t0 : t0 + clip_len], item.labels[t0 : t0 + clip_len]
+    stride = max(1, min(int(stride), (n - 1) // max(clip_len - 1, 1))) if clip_len > 1 else 1
+    span = (clip_len - 1) * stride + 1
+    t0 = int(rng.integers(n - span + 1))
+    movie, labels = item.movie[t0 : t0 + span : stride], item.labels[t0 : t0 + span : stride]
     if augment:
         movie, labels = _augment(movie, labels, rng)
     limits = T.percentile_limits(movie[:: max(1, clip_len // 4), ::2, ::2])
@@ -115,13 +122,15 @@ class SimulatedPool:
         return from_simulation(simulate_cells(self.movie_len, (self.image_size, self.image_size),
                                               seed=self._next_seed))
 
-    def sample(self, clip_len: int, max_objects: int) -> Clip:
+    def sample(self, clip_len: int, max_objects: int, max_stride: int = 1) -> Clip:
+        """A clip of ``clip_len`` frames, taken every s-th frame with s drawn from 1..max_stride."""
         self.draws += 1
         if self.draws % self.renew_every == 0:
             self.items[int(self.rng.integers(len(self.items)))] = self._new()
         while True:
             item = self.items[int(self.rng.integers(len(self.items)))]
-            clip = make_clip(item, self.image_size, clip_len, max_objects, self.rng)
+            stride = int(self.rng.integers(1, max_stride + 1)) if max_stride > 1 else 1
+            clip = make_clip(item, self.image_size, clip_len, max_objects, self.rng, stride=stride)
             if clip is not None:
                 return clip
 
@@ -135,10 +144,12 @@ class StackPool:
         self.items, self.image_size = list(items), image_size
         self.rng = np.random.default_rng(seed)
 
-    def sample(self, clip_len: int, max_objects: int) -> Clip:
+    def sample(self, clip_len: int, max_objects: int, max_stride: int = 1) -> Clip:
         for _ in range(1000):
             item = self.items[int(self.rng.integers(len(self.items)))]
-            clip = make_clip(item, self.image_size, min(clip_len, item.movie.shape[0]), max_objects, self.rng)
+            stride = int(self.rng.integers(1, max_stride + 1)) if max_stride > 1 else 1
+            clip = make_clip(item, self.image_size, min(clip_len, item.movie.shape[0]), max_objects, self.rng,
+                             stride=stride)
             if clip is not None:
                 return clip
         raise ValueError("no clip with a labelled object found: are the labels empty?")

@@ -42,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup: int = 100
     clip_len: int = 6
+    max_stride: int = 1  # clip frames every s-th movie frame, s drawn from 1..max_stride per clip
     short_clip_steps: int = 0  # clips of 2 frames before this step (cheap: learn to segment first)
     prob_single: float = 0.0  # share of steps on one prompted frame (keeps click segmentation sharp)
     single_objects: int = 8  # objects on those single-frame steps
@@ -187,7 +188,9 @@ def train(
         if cfg.prob_single > 0 and step_rng.uniform() < cfg.prob_single:
             clip = data.sample(1, cfg.single_objects)
         else:
-            clip = data.sample(2 if step < cfg.short_clip_steps else cfg.clip_len, cfg.max_objects)
+            n = 2 if step < cfg.short_clip_steps else cfg.clip_len
+            clip = (data.sample(n, cfg.max_objects, max_stride=cfg.max_stride) if cfg.max_stride > 1
+                    else data.sample(n, cfg.max_objects))
         for g in opt.param_groups:
             g["lr"] = cfg.lr_at(step)
         losses = clip_forward(model, clip, cfg, rng)

@@ -36,11 +36,19 @@ PHASE_B = TrainConfig(steps=1000, lr=3e-4, warmup=50, clip_len=4, max_objects=6,
 PHASE_C = TrainConfig(steps=1200, lr=3e-4, warmup=50, clip_len=5, max_objects=6, prob_box=0.3, prob_mask=0.1,
                       prob_correct=0.3, prob_single=0.25, single_objects=8, save_every=50, seed=2)
 PHASE_C_UNTIL = 1200
+#: Phase D (tried 2026-11-27): from the shipped weights, 6-frame clips taken every 1-3 frames from
+#: 48-frame movies, so that the memory spans up to 16 frames and clips reach the crowding that
+#: divisions build up late in a movie (phase C's 12-frame movies never do).
+PHASE_D = TrainConfig(steps=2400, lr=2e-4, warmup=50, clip_len=6, max_stride=3, max_objects=6, prob_box=0.3,
+                      prob_mask=0.1, prob_correct=0.3, prob_single=0.25, single_objects=8, save_every=50, seed=4)
+PHASE_D_MOVIE_LEN = 48
 
 
 def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = PHASE_C, until: int | None = None,
-                  seed: int = 0, progress: bool = True, pool_size: int = 48) -> list[dict]:
-    """Phase C from ``start``'s weights (None: the shipped ``default``) into ``out`` (resumable)."""
+                  seed: int = 0, progress: bool = True, pool_size: int = 48, movie_len: int = 12,
+                  renew_every: int = 4) -> list[dict]:
+    """Phase C (or, with ``PHASE_D`` and ``movie_len=PHASE_D_MOVIE_LEN``, phase D) from
+    ``start``'s weights (None: the shipped ``default``) into ``out`` (resumable)."""
     out = Path(out)
     model = SAM2Model(DEFAULT_CONFIG)
     if not out.is_file():
@@ -49,7 +57,8 @@ def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = 
 
             start = BUNDLED_DIR / "default.pt"
         model.load_state_dict({k: v.float() for k, v in read_checkpoint(start)[0].items()})
-    pool = SimulatedPool(DEFAULT_CONFIG.image_size, size=pool_size, movie_len=12, seed=seed + 2, renew_every=4)
+    pool = SimulatedPool(DEFAULT_CONFIG.image_size, size=pool_size, movie_len=movie_len, seed=seed + 2,
+                         renew_every=renew_every)
     return train(model, pool, cfg, out, progress=progress, until=PHASE_C_UNTIL if until is None else until)
 
 
