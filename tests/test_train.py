@@ -146,6 +146,22 @@ def test_evaluate_runs_on_any_model():
     assert m.n_click_objects > 0 and m.n_tracked_objects > 0 and m.seconds_per_frame > 0
 
 
+def test_drifting_cells_leave_the_field_and_are_scored():
+    from sam2_core.train.evaluate import evaluate, leaving_cells
+
+    sim = simulate_cells(10, (64, 64), seed=4, n_cells=6, radius=(5, 7), drift=(0.0, 6.0))
+    gone = leaving_cells(sim, 10, np.random.default_rng(0))
+    assert gone, "cells drifting 6 px per frame must leave a 64 px field within 10 frames"
+    for cid in gone:
+        alive = [(sim.labels[t] == cid).any() for t in range(10)]
+        assert alive[0] and not alive[-1] and not any(alive[alive.index(False):])  # left for good
+    assert simulate_cells(3, (32, 32), seed=4).params["drift"] is None
+    torch.manual_seed(0)
+    m = evaluate(SAM2Model(TINY).eval(), n_movies=1, n_frames=12, size=64, max_objects=2, n_leaving=2)
+    assert m.n_leaving_objects > 0 and m.n_absent_frames > 0
+    assert 0 <= m.absent_accuracy <= 1 and (np.isnan(m.present_accuracy) or 0 <= m.present_accuracy <= 1)
+
+
 def test_default_config_is_small():
     n = sum(p.numel() for p in SAM2Model(DEFAULT_CONFIG).parameters())
     assert n * 2 < 25e6  # shipped as float16: under the 25 MB budget

@@ -109,8 +109,14 @@ def simulate_cells(
     radius: tuple[float, float] | None = None,
     division_rate: float | None = None,
     speed: float | None = None,
+    drift: tuple[float, float] | None = None,
 ) -> SimulatedMovie:
-    """Simulate a nuclei time-lapse; unspecified knobs are drawn from wide ranges by ``seed``."""
+    """Simulate a nuclei time-lapse; unspecified knobs are drawn from wide ranges by ``seed``.
+
+    ``drift`` (dy, dx) pixels per frame moves every cell alike (a flow or a drifting stage), so
+    that cells leave the field on one side; None (the default) adds none and leaves the random
+    draws of a seed unchanged.
+    """
     rng = np.random.default_rng(seed)
     h, w = shape
     if radius is None:
@@ -153,6 +159,7 @@ def simulate_cells(
                   blur=rng.uniform(0.3, 1.8), photons=rng.uniform(30, 1500), read_noise=rng.uniform(1, 8),
                   offset=int(rng.choice([0, 100, 500, 1000, 2000]) + rng.integers(0, 100)),
                   bleach=rng.uniform(0, 0.03), background=rng.uniform(0.0, 0.25))
+    params["drift"] = drift
     bg = params["background"] * (0.5 + 0.5 * ndi.zoom(rng.uniform(size=(4, 4)), (h / 4, w / 4), order=3)[:h, :w])
     bg = np.clip(bg, 0, None).astype(np.float32)
     enter_rate = n_cells * speed / max(h, w) * 0.5
@@ -185,8 +192,8 @@ def simulate_cells(
             c.age += 1
             c.vy = 0.8 * c.vy + 0.2 * rng.normal(0, speed)
             c.vx = 0.8 * c.vx + 0.2 * rng.normal(0, speed)
-            c.y += c.vy
-            c.x += c.vx
+            c.y += c.vy + (drift[0] if drift is not None else 0.0)
+            c.x += c.vx + (drift[1] if drift is not None else 0.0)
             c.r = min(c.r * 1.01, radius[1] * 1.3)
             if c.age > 4 and rng.uniform() < division_rate:
                 ca, sa = np.cos(c.angle), np.sin(c.angle)
