@@ -43,8 +43,8 @@ def _progress_bar(total: int, desc: str):
 #: (benchmarks/bench_fast.py; docs/engine.md has the details).
 SPEED_HELP = ("exact: Meta's computation, every object attends over the whole image. fast: each object is "
               "tracked in a window around it, for dense fields of small cells. Measured on held-out "
-              "simulated movies with the bundled model: median mask IoU 0.99 with exact; track IoU vs the "
-              "truth 0.692 (exact: 0.674); 100 cells at 1024 cost 1.24x one cell in exact mode. "
+              "simulated movies with the bundled model: median mask IoU 0.98 with exact; track IoU vs the "
+              "truth 0.787 (exact: 0.805); 100 cells at 1024 cost 1.24x one cell in exact mode. "
               "Details in docs/engine.md")
 
 
