@@ -57,13 +57,9 @@ def fetch(cache: Path) -> tuple[np.ndarray, np.ndarray]:
     return tifffile.imread(img_path), tifffile.imread(lab_path)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    u = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / u) if u else 1.0
-
-
 def click_ious(predictor, image: np.ndarray, labels: np.ndarray) -> list[float]:
     from sam2_core.train import prompts as P
+    from sam2_core.train.evaluate import _iou
 
     predictor.set_image(image)
     out = []
@@ -96,6 +92,7 @@ def drifting_movie(image: np.ndarray, labels: np.ndarray, n: int, seed: int = 0)
 def track_ious(model, movie: np.ndarray, labels: np.ndarray, n_objects: int) -> tuple[list[float], float]:
     from sam2_core.predictor.video import SAM2VideoPredictor
     from sam2_core.train import prompts as P
+    from sam2_core.train.evaluate import _iou
 
     rng = np.random.default_rng(1)
     h, w = labels.shape[1:]

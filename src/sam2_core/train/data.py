@@ -106,6 +106,11 @@ def make_clip(
     return Clip(frames, targets, chosen)
 
 
+def draw_stride(rng: np.random.Generator, max_stride: int) -> int:
+    """A clip's frame stride, uniform in 1..max_stride (no draw at 1: older runs resume unchanged)."""
+    return int(rng.integers(1, max_stride + 1)) if max_stride > 1 else 1
+
+
 class SimulatedPool:
     """A pool of simulated movies, renewed one movie at a time as training draws clips."""
 
@@ -129,8 +134,8 @@ class SimulatedPool:
             self.items[int(self.rng.integers(len(self.items)))] = self._new()
         while True:
             item = self.items[int(self.rng.integers(len(self.items)))]
-            stride = int(self.rng.integers(1, max_stride + 1)) if max_stride > 1 else 1
-            clip = make_clip(item, self.image_size, clip_len, max_objects, self.rng, stride=stride)
+            clip = make_clip(item, self.image_size, clip_len, max_objects, self.rng,
+                             stride=draw_stride(self.rng, max_stride))
             if clip is not None:
                 return clip
 
@@ -147,9 +152,8 @@ class StackPool:
     def sample(self, clip_len: int, max_objects: int, max_stride: int = 1) -> Clip:
         for _ in range(1000):
             item = self.items[int(self.rng.integers(len(self.items)))]
-            stride = int(self.rng.integers(1, max_stride + 1)) if max_stride > 1 else 1
             clip = make_clip(item, self.image_size, min(clip_len, item.movie.shape[0]), max_objects, self.rng,
-                             stride=stride)
+                             stride=draw_stride(self.rng, max_stride))
             if clip is not None:
                 return clip
         raise ValueError("no clip with a labelled object found: are the labels empty?")
