@@ -268,6 +268,22 @@ def test_track_4d(tiny256, movie):
         track_4d(vol, [Prompt(0, 1, points=[[5, 5]], z=0), Prompt(1, 2, points=[[5, 5]], z=0)], model=tiny256)
 
 
+def test_objects_prompted_on_a_frame_are_not_painted_over():
+    """An object tracked in from elsewhere with a higher logit must not take the pixels of a cell
+    the user clicked on this frame; elsewhere the highest logit still wins, negatives stay 0."""
+    from sam2_core.track import logits_to_labels
+
+    low = torch.full((2, 1, 8, 8), -5.0)
+    low[0, 0, 2:6, 2:6] = 2.0  # the clicked object
+    low[1, 0, 1:7, 1:7] = 9.0  # a neighbour tracked in, overlapping it with higher logits
+    plain = logits_to_labels(low, [4, 7], (8, 8), np.dtype(np.uint16))
+    first = logits_to_labels(low, [4, 7], (8, 8), np.dtype(np.uint16), prompted=[True, False])
+    assert (plain[2:6, 2:6] == 7).all()
+    assert (first[2:6, 2:6] == 4).all() and first[1, 1] == 7 and first[0, 0] == 0
+    both = logits_to_labels(low, [4, 7], (8, 8), np.dtype(np.uint16), prompted=[True, True])
+    assert np.array_equal(both, plain)  # between prompted objects the logit decides
+
+
 def test_labels_helpers():
     assert labels_dtype(65535) == np.uint16 and labels_dtype(65536) == np.uint32
     frame = np.zeros((20, 20), np.uint16)

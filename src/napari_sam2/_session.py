@@ -214,7 +214,7 @@ class SegmentationSession:
 
     def frame_labels(self, frame: int) -> tuple[np.ndarray, list[int]]:
         """(H, W) labels of every object's current result on a frame, and the object ids."""
-        from sam2_core.track import labels_dtype, logits_to_labels
+        from sam2_core.track import labels_dtype, logits_to_labels, prompted_on
 
         with self.lock:
             self._require()
@@ -222,7 +222,8 @@ class SegmentationSession:
             if not ids:
                 return np.zeros(self.view.frame_shape, np.uint16), []
             low = self.predictor.current_low_res(self.state, frame)
-            return logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids))), ids
+            return logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids)),
+                                    prompted=prompted_on(self.state, ids, frame)), ids
 
     def remove_object(self, obj_id: int) -> None:
         with self.lock:
@@ -245,7 +246,7 @@ class SegmentationSession:
         ``direction`` is forward, backward or both (forward, then backward from ``start``).
         Closing the generator stops after the current frame; the state stays valid.
         """
-        from sam2_core.track import labels_dtype, logits_to_labels
+        from sam2_core.track import labels_dtype, logits_to_labels, prompted_on
 
         if direction not in ("forward", "backward", "both"):
             raise ValueError(f"direction must be forward, backward or both, got {direction!r}")
@@ -269,7 +270,8 @@ class SegmentationSession:
                     if f in seen:
                         continue
                     seen.add(f)
-                    lab = logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids)))
+                    lab = logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids)),
+                                           prompted=prompted_on(self.state, ids, f))
                 yield f, lab, ids
 
     def frames_in(self, direction: str, start: int | None, max_frames: int | None) -> int:

@@ -274,7 +274,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         else:
             data = StackPool([read_labelled(i, l) for i, l in zip(args.images, args.labels)], size, seed=args.seed)
         cfg = dataclasses.replace(TrainConfig(), steps=args.steps or 1000, lr=args.lr, clip_len=args.clip_len,
-                                  max_stride=args.max_stride, max_objects=args.objects, seed=args.seed,
+                                  max_stride=args.max_stride, warm_frames=args.warm_frames,
+                                  max_objects=args.objects, seed=args.seed,
                                   save_every=args.save_every, warmup=min(100, max(1, (args.steps or 1000) // 10)))
         hist = train(model, data, cfg, out, resume=not args.restart)
     if hist:
@@ -432,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--max-stride", type=int, default=1,
                     help="take clip frames every s-th frame, s drawn from 1..N per clip (N > 1: the memory "
                          "learns larger motion between frames; default: consecutive frames)")
+    tr.add_argument("--warm-frames", type=int, default=0,
+                    help="the first N tracked frames of each clip run without loss, so that the trained frames "
+                         "read a memory of the model's own predictions (add N to --clip-len; default 0)")
     tr.add_argument("--objects", type=int, default=4, help="objects per clip")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--save-every", type=int, default=100)

@@ -113,7 +113,7 @@ class SAM2AutomaticMaskGenerator:
         crop_n_layers, crop_nms_thresh, crop_overlap_ratio, crop_n_points_downscale_factor,
         point_grids, min_mask_region_area, output_mode ("binary_mask" only), multimask_output.
         Ours: ``seeding`` "blobs" (one prompt per candidate cell), "grid" (Meta's regular grid of
-        ``points_per_side``\ :sup:`2` points, 32 when not given) or "auto" (the default: a grid when
+        ``points_per_side`` squared points, 32 when not given) or "auto" (the default: a grid when
         ``points_per_side`` or ``point_grids`` is given, as in scripts written for Meta's
         generator, else blobs, which find sparse and dense nuclei with far fewer decoder calls);
         ``blob_kwargs`` for :func:`blob_points`;

@@ -10,7 +10,7 @@ is written where the object-score head says the object is absent, and masks can 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,16 @@ def as_prompts(prompts: Iterable[Any]) -> list[Prompt]:
     return out
 
 
+#: added to the positive logits of objects prompted on a frame (``logits_to_labels(prompted=)``):
+#: far above any logit the decoder produces.
+PROMPTED_FIRST = 1e4
+
+
+def prompted_on(state, obj_ids: Sequence[int], frame: int) -> list[bool]:
+    """Per object: whether the user prompted it on ``frame`` (clicks, a box or a mask)."""
+    return [frame in state.objects[int(i)].prompt_frames() for i in obj_ids]
+
+
 def labels_dtype(max_id: int) -> np.dtype:
     """uint16 for ids up to 65535, uint32 beyond."""
     return np.dtype(np.uint16 if max_id <= np.iinfo(np.uint16).max else np.uint32)
@@ -105,14 +115,24 @@ def logits_to_labels(
     dtype: np.dtype,
     *,
     chunk: int = 16,
+    prompted: Sequence[bool] | None = None,
 ) -> np.ndarray:
-    """(N, 1, L, L) low-res logits -> (H, W) labels: each pixel to the highest positive logit."""
+    """(N, 1, L, L) low-res logits -> (H, W) labels: each pixel to the highest positive logit.
+
+    ``prompted`` (one flag per object): objects the user prompted on this frame come first, so
+    that an object tracked in from another frame never paints over a cell the user clicked here
+    (the highest logit among prompted objects still decides between them).
+    """
     h, w = hw
     best = torch.full((h, w), 0.0, device=low_res.device)
     ids = torch.zeros((h, w), dtype=torch.int64, device=low_res.device)
     id_t = torch.as_tensor(obj_ids, device=low_res.device)
+    first = None if prompted is None or not any(prompted) else torch.as_tensor(list(prompted), device=low_res.device)
     for s in range(0, low_res.shape[0], chunk):
         up = F.interpolate(low_res[s : s + chunk].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        if first is not None:
+            boost = first[s : s + chunk, None, None] & (up > 0)
+            up = torch.where(boost, up + PROMPTED_FIRST, up)
         m, which = up.max(0)
         better = m > best
         best = torch.where(better, m, best)
@@ -172,7 +192,8 @@ def track_iter(
             if f in seen:
                 continue
             seen.add(f)
-            yield f, clean_labels(logits_to_labels(low, ids, hw, dtype), fill_holes, min_size)
+            lab = logits_to_labels(low, ids, hw, dtype, prompted=prompted_on(state, ids, f))
+            yield f, clean_labels(lab, fill_holes, min_size)
 
 
 def track(

@@ -75,11 +75,15 @@ def make_clip(
     min_area: int = 12,
     augment: bool = True,
     stride: int = 1,
+    limits: str = "clip",
 ) -> Clip | None:
     """A random clip of ``item`` with up to ``max_objects`` objects visible on its first frame.
 
     ``stride`` > 1 takes every stride-th frame (lowered to what the movie's length allows): the
     memory then spans more time, with larger motion between frames, than consecutive frames give.
+    ``limits``: the intensity percentiles come from the clip's own frames ("clip") or from frames
+    across the whole movie ("movie", what the predictors do with a stack, so photobleached late
+    frames stay as dim as they will be in use).
     """
     n = item.movie.shape[0]
     if n < clip_len:
@@ -90,8 +94,14 @@ def make_clip(
     movie, labels = item.movie[t0 : t0 + span : stride], item.labels[t0 : t0 + span : stride]
     if augment:
         movie, labels = _augment(movie, labels, rng)
-    limits = T.percentile_limits(movie[:: max(1, clip_len // 4), ::2, ::2])
-    frames = torch.cat([T.to_model_input(T.to_unit_rgb(f, contrast_limits=limits), image_size) for f in movie])
+    if limits == "movie":  # as the predictors normalise a whole stack: a dimmer (bleached) clip stays dim
+        sample = np.unique(np.linspace(0, n - 1, min(n, 16)).astype(int))
+        lim = T.percentile_limits(item.movie[sample, ::2, ::2])
+    elif limits == "clip":
+        lim = T.percentile_limits(movie[:: max(1, clip_len // 4), ::2, ::2])
+    else:
+        raise ValueError(f"limits must be 'clip' or 'movie', not {limits!r}")
+    frames = torch.cat([T.to_model_input(T.to_unit_rgb(f, contrast_limits=lim), image_size) for f in movie])
     lab = torch.from_numpy(labels.astype(np.int64))
     if lab.shape[-2:] != (image_size, image_size):
         lab = F.interpolate(lab[:, None].float(), size=(image_size, image_size), mode="nearest")[:, 0].long()
@@ -112,20 +122,28 @@ def draw_stride(rng: np.random.Generator, max_stride: int) -> int:
 
 
 class SimulatedPool:
-    """A pool of simulated movies, renewed one movie at a time as training draws clips."""
+    """A pool of simulated movies (and, with ``volumes`` > 0, that share of simulated volumes whose
+    slices are the frames: nuclei end in place there), renewed one at a time as training draws clips."""
 
     def __init__(self, image_size: int, size: int = 64, movie_len: int = 12, seed: int = 0,
-                 renew_every: int = 4) -> None:
+                 renew_every: int = 4, limits: str = "clip", volumes: float = 0.0) -> None:
         self.image_size, self.movie_len, self.renew_every = image_size, movie_len, renew_every
+        self.limits = limits  # see make_clip
+        self.volumes = volumes  # share of the pool that are volumes (slices as frames), not movies
         self.rng = np.random.default_rng(seed)
+        self._kind_rng = np.random.default_rng([seed, 7])  # its own stream: volumes=0 draws as before
         self._next_seed = 1_000_000 * (seed + 1)
         self.items = [self._new() for _ in range(size)]
         self.draws = 0
 
     def _new(self) -> LabelledMovie:
         self._next_seed += 1
-        return from_simulation(simulate_cells(self.movie_len, (self.image_size, self.image_size),
-                                              seed=self._next_seed))
+        shape = (self.image_size, self.image_size)
+        if self.volumes > 0 and self._kind_rng.uniform() < self.volumes:
+            from sam2_core.simulate_volume import simulate_volume
+
+            return from_simulation(simulate_volume(self.movie_len, shape, seed=self._next_seed))
+        return from_simulation(simulate_cells(self.movie_len, shape, seed=self._next_seed))
 
     def sample(self, clip_len: int, max_objects: int, max_stride: int = 1) -> Clip:
         """A clip of ``clip_len`` frames, taken every s-th frame with s drawn from 1..max_stride."""
@@ -135,25 +153,26 @@ class SimulatedPool:
         while True:
             item = self.items[int(self.rng.integers(len(self.items)))]
             clip = make_clip(item, self.image_size, clip_len, max_objects, self.rng,
-                             stride=draw_stride(self.rng, max_stride))
+                             stride=draw_stride(self.rng, max_stride), limits=self.limits)
             if clip is not None:
                 return clip
 
 
 class StackPool:
-    """Clips from the user's labelled stacks (fine-tuning)."""
+    """Clips from the user's labelled stacks (fine-tuning), normalised over each whole stack
+    as the predictors will normalise it (``limits``, see :func:`make_clip`)."""
 
-    def __init__(self, items: Sequence[LabelledMovie], image_size: int, seed: int = 0) -> None:
+    def __init__(self, items: Sequence[LabelledMovie], image_size: int, seed: int = 0, limits: str = "movie") -> None:
         if not items:
             raise ValueError("no labelled stacks given")
-        self.items, self.image_size = list(items), image_size
+        self.items, self.image_size, self.limits = list(items), image_size, limits
         self.rng = np.random.default_rng(seed)
 
     def sample(self, clip_len: int, max_objects: int, max_stride: int = 1) -> Clip:
         for _ in range(1000):
             item = self.items[int(self.rng.integers(len(self.items)))]
             clip = make_clip(item, self.image_size, min(clip_len, item.movie.shape[0]), max_objects, self.rng,
-                             stride=draw_stride(self.rng, max_stride))
+                             stride=draw_stride(self.rng, max_stride), limits=self.limits)
             if clip is not None:
                 return clip
         raise ValueError("no clip with a labelled object found: are the labels empty?")

@@ -12,7 +12,12 @@
   each cell of frame 0 that leaves is clicked and tracked. ``present_accuracy`` is the other
   side: the fraction of frames, while such a cell is still in the field, on which its mask is
   not empty;
-- division: median per-object IoU over the frames after the object divided.
+- division: median per-object IoU over the frames after the object divided;
+- volumes (``n_volumes`` held-out :func:`~sam2_core.simulate_volume.simulate_volume` stacks,
+  slices as frames): each nucleus that ends inside the stack clicked once on its largest slice
+  and tracked both ways through z; ``volume_iou`` is the median per-nucleus 3-D IoU and
+  ``volume_absent_accuracy`` the fraction of slices beyond a nucleus (one slice of slack at each
+  end) on which its mask is empty: nuclei end in place, so the object score must say so.
 
 Held-out movies use seeds from 10_000 on; training draws seeds from 1_000_001 on.
 """
@@ -29,6 +34,7 @@ from sam2_core.train import prompts as P
 
 HELD_OUT_SEED = 10_000
 LEAVING_SEED = 11_000  # held-out movies with drift (cells leaving the field)
+VOLUME_SEED = 12_000  # held-out volumes (training draws seeds from 1_000_001 on)
 
 
 @dataclass
@@ -44,6 +50,9 @@ class Metrics:
     n_leaving_objects: int
     n_divided: int
     seconds_per_frame: float
+    volume_iou: float = float("nan")
+    volume_absent_accuracy: float = float("nan")
+    n_volume_objects: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -126,11 +135,45 @@ def _leaving(video_pred, n_movies: int, n_frames: int, size: int, max_objects: i
     return absent, present, n_cells
 
 
+def _volumes(video_pred, n_volumes: int, n_slices: int, size: int, max_objects: int, seed: int):
+    """(per-nucleus 3-D IoUs, absent hits beyond the nuclei) on held-out simulated volumes."""
+    from sam2_core.simulate_volume import simulate_volume
+
+    ious, absent = [], []
+    for i in range(n_volumes):
+        sim = simulate_volume(n_slices, (size, size), seed=seed + i)
+        rng = np.random.default_rng(seed + i)
+        ends = [int(t[0]) for t in sim.tracks if t[1] > 0 and t[2] < n_slices - 1 and t[2] - t[1] >= 2]
+        ids = [ends[j] for j in rng.permutation(len(ends))[:max_objects]]
+        if not ids:
+            continue
+        state = video_pred.init_state(sim.movie)
+        for cid in ids:
+            z = int(np.argmax((sim.labels == cid).sum((1, 2))))
+            video_pred.add_new_points_or_box(state, z, cid, points=P.click_inside(sim.labels[z] == cid, rng, central=True),
+                                             labels=[1])
+        masks = {c: np.zeros(sim.labels.shape, bool) for c in ids}
+        for reverse in (False, True):  # both ways from the first prompted slice, as track() does
+            for f, obj_ids, logits in video_pred.propagate_in_video(state, reverse=reverse):
+                for cid, m in zip(obj_ids, logits[:, 0].numpy() > 0):
+                    masks[cid][f] = m
+        video_pred.close_state(state)
+        for cid in ids:
+            truth = sim.labels == cid
+            ious.append(_iou(masks[cid], truth))
+            zs = np.nonzero(truth.any((1, 2)))[0]
+            beyond = np.ones(n_slices, bool)
+            beyond[max(zs.min() - 1, 0) : zs.max() + 2] = False
+            absent += list(~masks[cid][beyond].any((1, 2)))
+    return ious, absent
+
+
 def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_objects: int = 8,
              seed: int = HELD_OUT_SEED, progress: bool = False, n_leaving: int = 2,
-             leaving_seed: int = LEAVING_SEED) -> Metrics:
+             leaving_seed: int = LEAVING_SEED, n_volumes: int = 2, volume_seed: int = VOLUME_SEED) -> Metrics:
     """Measure a model (``SAM2Model``) on ``n_movies`` held-out simulated movies (and the
-    object-score accuracy on ``n_leaving`` movies of drifting cells, ``min(n_frames, 30)`` frames)."""
+    object-score accuracy on ``n_leaving`` movies of drifting cells, ``min(n_frames, 30)`` frames,
+    and the tracking of nuclei through ``n_volumes`` volumes of 32 slices)."""
     from sam2_core.predictor.image import SAM2ImagePredictor
     from sam2_core.predictor.video import SAM2VideoPredictor
 
@@ -181,11 +224,14 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
     absent += gone
     if progress and n_leaving:
         print(f"leaving cells: {n_leaving_cells}, absent frames {len(gone)}", flush=True)
+    vol_ious, vol_absent = _volumes(video_pred, n_volumes, 32, size, max_objects, volume_seed)
+    if progress and n_volumes:
+        print(f"volumes: {len(vol_ious)} nuclei", flush=True)
     med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
     mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
     return Metrics(med(clicks), med(tracked), mean(absent), med(divided), mean(shown),
                    len(clicks), len(tracked), len(absent), n_leaving_cells, len(divided),
-                   seconds / max(frames_done, 1))
+                   seconds / max(frames_done, 1), med(vol_ious), mean(vol_absent), len(vol_ious))
 
 
 CALIBRATION_SEED = 30_000  # calibration images: neither training (1_000_001+) nor held-out (10_000+)

@@ -9,6 +9,10 @@ A clip step (SAM 2's recipe):
    ``num_maskmem - 1`` frames and the object pointers, built by the same rules and the same
    :meth:`SAM2Model.build_memory` as the video predictor;
 4. losses on every frame (:func:`sam2_core.train.losses.step_losses`), averaged.
+
+With ``warm_frames = W``, frames 1..W are tracked without gradient and without loss before the
+trained frames: the memory the trained frames read then holds the model's own imperfect
+predictions of several frames, as deep into a long movie, not only the prompted frame's.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 
 from sam2_core.checkpoint import read_checkpoint, save_checkpoint
-from sam2_core.modeling.sam2 import SAM2Model
+from sam2_core.modeling.sam2 import ImageFeatures, SAM2Model
 from sam2_core.predictor import memory_bank as mb
 from sam2_core.train import prompts as P
 from sam2_core.train.data import Clip
@@ -43,6 +47,7 @@ class TrainConfig:
     warmup: int = 100
     clip_len: int = 6
     max_stride: int = 1  # clip frames every s-th movie frame, s drawn from 1..max_stride per clip
+    warm_frames: int = 0  # tracked frames after the prompt run without gradient (see the module doc)
     short_clip_steps: int = 0  # clips of 2 frames before this step (cheap: learn to segment first)
     prob_single: float = 0.0  # share of steps on one prompted frame (keeps click segmentation sharp)
     single_objects: int = 8  # objects on those single-frame steps
@@ -107,7 +112,8 @@ def _prompt_frame(model: SAM2Model, feats, clip: Clip, cfg: TrainConfig, rng: np
 def clip_forward(model: SAM2Model, clip: Clip, cfg: TrainConfig, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """Mean losses over the clip's frames (and prompt iterations) for its K objects."""
     n_frames, k = clip.frames.shape[0], clip.targets.shape[0]
-    feats = model.encode_image(clip.frames)
+    warm = min(cfg.warm_frames, n_frames - 2) if n_frames > 2 else 0
+    feats = _encode(model, clip.frames, warm)
     heads, losses = _prompt_frame(model, feats, clip, cfg, rng)
     memory: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # frame -> (maskmem (K,Cm,h,w), obj_ptr (K,C))
 
@@ -121,21 +127,43 @@ def clip_forward(model: SAM2Model, clip: Clip, cfg: TrainConfig, rng: np.random.
     maskmem_pos = remember(0, heads)
     max_ptrs = model.max_obj_ptrs(None)
     for t in range(1, n_frames):
-        spatial = [(memory[0][0], 0)]
-        spatial += [(memory[p][0], t_pos) for t_pos, p in mb.recent_frames(t, model.num_maskmem, False)
-                    if p in memory and p != 0]
-        cond_ptrs, recent = mb.pointer_frames(t, [0], n_frames, max_ptrs, False, signed=model.config.is_v21)
-        ptrs = [(memory[f][1], rel) for f, rel in cond_ptrs] + [(memory[f][1], rel) for f, rel in recent if f != 0]
-        mem, mem_pos, n_ptr = model.build_memory(spatial, maskmem_pos, ptrs, None)
-        vision = feats.vision_features[t : t + 1].expand(k, -1, -1, -1)
-        pix = model.condition_on_memory(vision, feats.vision_pos[t : t + 1].expand(k, -1, -1, -1), mem, mem_pos, n_ptr)
-        high = [h[t : t + 1].expand(k, -1, -1, -1) for h in feats.high_res]
-        heads = model.forward_sam_heads(pix, None, None, None, high, multimask_output=True)
-        losses.append(step_losses(heads.high_res_multimasks, heads.ious, heads.object_score_logits,
-                                  clip.targets[:, t], cfg.weights))
+        with torch.set_grad_enabled(t > warm and torch.is_grad_enabled()):
+            heads = _track_frame(model, feats, memory, maskmem_pos, max_ptrs, t, n_frames, k)
+        if t > warm:
+            losses.append(step_losses(heads.high_res_multimasks, heads.ious, heads.object_score_logits,
+                                      clip.targets[:, t], cfg.weights))
         if t < n_frames - 1:
-            remember(t, heads)
+            with torch.set_grad_enabled(t > warm and torch.is_grad_enabled()):
+                remember(t, heads)
     return {key: torch.stack([loss[key] for loss in losses]).mean() for key in losses[0]}
+
+
+def _encode(model: SAM2Model, frames: torch.Tensor, warm: int):
+    """The clip's image features; frames 1..warm (no loss) are encoded without gradient."""
+    if not warm:
+        return model.encode_image(frames)
+    with torch.no_grad():
+        w = model.encode_image(frames[1 : warm + 1])
+    g = model.encode_image(torch.cat([frames[:1], frames[warm + 1 :]]))
+    join = lambda a, b: torch.cat([a[:1], b, a[1:]])  # noqa: E731
+    return ImageFeatures(vision_features=join(g.vision_features, w.vision_features),
+                         vision_pos=join(g.vision_pos, w.vision_pos),
+                         high_res=[join(a, b) for a, b in zip(g.high_res, w.high_res)])
+
+
+def _track_frame(model: SAM2Model, feats, memory: dict, maskmem_pos: torch.Tensor, max_ptrs: int, t: int,
+                 n_frames: int, k: int):
+    """Heads output of tracked frame ``t`` for the K objects from the memory of earlier frames."""
+    spatial = [(memory[0][0], 0)]
+    spatial += [(memory[p][0], t_pos) for t_pos, p in mb.recent_frames(t, model.num_maskmem, False)
+                if p in memory and p != 0]
+    cond_ptrs, recent = mb.pointer_frames(t, [0], n_frames, max_ptrs, False, signed=model.config.is_v21)
+    ptrs = [(memory[f][1], rel) for f, rel in cond_ptrs] + [(memory[f][1], rel) for f, rel in recent if f != 0]
+    mem, mem_pos, n_ptr = model.build_memory(spatial, maskmem_pos, ptrs, None)
+    vision = feats.vision_features[t : t + 1].expand(k, -1, -1, -1)
+    pix = model.condition_on_memory(vision, feats.vision_pos[t : t + 1].expand(k, -1, -1, -1), mem, mem_pos, n_ptr)
+    high = [h[t : t + 1].expand(k, -1, -1, -1) for h in feats.high_res]
+    return model.forward_sam_heads(pix, None, None, None, high, multimask_output=True)
 
 
 def train(
