@@ -1,18 +1,22 @@
 """The recipe of the bundled ``default`` model: architecture, data and hyper-parameters.
 
-Two phases, both on simulated movies only (:mod:`sam2_core.simulate_cells`):
+Phases, all on simulated data only (:mod:`sam2_core.simulate_cells`, and for E also
+:mod:`sam2_core.simulate_volume`), each from the previous one's weights with a new optimiser:
 
 A. single frames, 8 objects each (clicks, boxes, corrective clicks): the decoder learns to find
    *the clicked* cell. From scratch this takes ~1,100 steps before it starts (the network first
    learns "every nucleus"), then improves quickly. Stopped at step 4,000 of a 20,000-step schedule.
 B. clips of 4 frames, 6 objects, all prompt kinds: memory attention and the memory encoder learn
-   to track, starting from phase A's weights (again a slow start: ~500 steps). Stopped at step
-   900 of a 1,000-step schedule.
+   to track (again a slow start: ~500 steps). Stopped at step 900 of a 1,000-step schedule.
 C. clips of 5 frames, 6 objects, with a quarter of the steps on single prompted frames (8 objects)
    so that click segmentation does not degrade while tracking improves (phase B alone lowered the
-   single-click IoU from 0.83 to 0.71), from phase B's weights with a new optimiser.
+   single-click IoU from 0.83 to 0.71).
+D. 6-frame clips of spaced frames from 48-frame movies, SAM 2's mask loss without the balanced BCE.
+E. 12-frame clips whose first 6 tracked frames run without loss, normalised over the whole movie,
+   with simulated volumes in the pool (nuclei that end in place).
 
-``napari-sam2 train --simulated`` runs exactly this; docs/model-card.md gives the figures.
+``napari-sam2 train --simulated`` (:func:`train_bundled`) runs them all; docs/model-card.md gives
+the figures and where the shipped runs differed from this code.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ PHASE_D = TrainConfig(steps=2400, lr=2e-4, warmup=50, clip_len=6, max_stride=3, 
                       prob_mask=0.1, prob_correct=0.3, prob_single=0.25, single_objects=8, save_every=50, seed=4,
                       weights=LossWeights(balanced_bce=0.0))
 PHASE_D_MOVIE_LEN = 48
+PHASE_D_UNTIL = 1850  # the shipped run stopped there
 #: Phase E (tried 2026-11-28): from phase D's weights, 12-frame clips (every 1-3 frames of 48-frame
 #: movies) whose first 6 tracked frames run without gradient, so that the 5 trained frames read a
 #: memory of the model's own predictions 6-18 frames into the movie (held-out masks decay over 50
@@ -56,6 +61,7 @@ PHASE_D_MOVIE_LEN = 48
 #: shipped model never let a tracked nucleus end (real 3-D nuclei: present on 94 % of the slices
 #: beyond their end, 3-D IoU 0.20 with the volume padded to native scale).
 PHASE_E_VOLUMES = 0.3
+PHASE_E_UNTIL = 1000
 PHASE_E = TrainConfig(steps=1000, lr=1e-4, warmup=30, clip_len=12, warm_frames=6, max_stride=3, max_objects=6,
                       prob_box=0.3, prob_mask=0.1, prob_correct=0.3, prob_single=0.25, single_objects=8,
                       save_every=50, seed=5, weights=LossWeights(balanced_bce=0.0))
@@ -81,38 +87,42 @@ def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = 
 
 
 def train_bundled(out: str | Path, steps: int | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Train the ``default`` architecture from scratch (resumable; phases A and B go to
-    OUT.phaseA.pt and OUT.phaseB.pt, phase C to OUT).
+    """Train the ``default`` model from scratch through every phase (resumable: phase X goes to
+    OUT.phaseX.pt, the last phase to OUT). Returns the last phase's log.
 
     ``steps`` scales the phases down (for a quick try); None is the shipped recipe.
     """
     from dataclasses import replace
 
     out = Path(out)
-    a_out = out.with_name(out.stem + ".phaseA.pt")
-    b_out = out.with_name(out.stem + ".phaseB.pt")
-    a_cfg, a_until, b_cfg, b_until = PHASE_A, PHASE_A_UNTIL, PHASE_B, PHASE_B_UNTIL
-    c_cfg, c_until = PHASE_C, PHASE_C_UNTIL
-    if steps is not None:
-        total = PHASE_A_UNTIL + PHASE_B_UNTIL + PHASE_C_UNTIL
-        a_until = max(1, steps * PHASE_A_UNTIL // total)
-        b_until = max(1, steps * PHASE_B_UNTIL // total)
-        c_until = max(1, steps - a_until - b_until)
-        b_cfg = replace(PHASE_B, steps=b_until, warmup=min(PHASE_B.warmup, max(1, steps // 10)))
-        c_cfg = replace(PHASE_C, steps=c_until, warmup=min(PHASE_C.warmup, max(1, steps // 10)))
+    phases = [  # name, config, until, pool (size, movie length, renew every, limits, volumes)
+        ("A", PHASE_A, PHASE_A_UNTIL, (64, 4, 8, "clip", 0.0)),
+        ("B", PHASE_B, PHASE_B_UNTIL, (48, 12, 4, "clip", 0.0)),
+        ("C", PHASE_C, PHASE_C_UNTIL, (48, 12, 4, "clip", 0.0)),
+        ("D", PHASE_D, PHASE_D_UNTIL, (48, PHASE_D_MOVIE_LEN, 16, "clip", 0.0)),
+        ("E", PHASE_E, PHASE_E_UNTIL, (48, PHASE_D_MOVIE_LEN, 16, "movie", PHASE_E_VOLUMES)),
+    ]
+    if steps is not None:  # each phase its share of ``steps``, at least one
+        total = sum(until for _, _, until, _ in phases)
+        phases = [(name, cfg, max(1, steps * until // total), pool) for name, cfg, until, pool in phases]
+        phases = [(name, replace(cfg, steps=until, warmup=min(cfg.warmup, max(1, steps // 10))), until, pool)
+                  for name, cfg, until, pool in phases]
+    small = steps is not None and steps < 64  # a quick try: fewer, shorter movies
     torch.manual_seed(seed)
     model = SAM2Model(DEFAULT_CONFIG)
-    small = steps is not None and steps < 64  # a quick try: a smaller pool of movies
-    pool_a = SimulatedPool(DEFAULT_CONFIG.image_size, size=max(2, steps) if small else 64, movie_len=4, seed=seed,
-                           renew_every=8)
-    train(model, pool_a, a_cfg, a_out, progress=progress, until=a_until)
-    if not b_out.is_file():  # phase B starts from phase A's weights with a new optimiser
-        model.load_state_dict(read_checkpoint(a_out)[0])
-    pool_b = SimulatedPool(DEFAULT_CONFIG.image_size, size=max(2, steps) if small else 48, movie_len=12,
-                           seed=seed + 1, renew_every=4)
-    train(model, pool_b, b_cfg, b_out, progress=progress, until=b_until)
-    return train_phase_c(b_out, out, c_cfg, c_until, seed=seed, progress=progress,
-                         pool_size=max(2, steps) if small else 48)
+    history: list[dict] = []
+    previous = None
+    for k, (name, cfg, until, (size, movie_len, renew, limits, volumes)) in enumerate(phases):
+        target = out if k == len(phases) - 1 else out.with_name(f"{out.stem}.phase{name}.pt")
+        if previous is not None and not target.is_file():  # from the previous phase, new optimiser
+            model.load_state_dict({key: v.float() for key, v in read_checkpoint(previous)[0].items()})
+        if small:
+            size, movie_len = max(2, steps), min(movie_len, 2 * cfg.clip_len)
+        pool = SimulatedPool(DEFAULT_CONFIG.image_size, size=size, movie_len=movie_len, seed=seed + k,
+                             renew_every=renew, limits=limits, volumes=volumes)
+        history = train(model, pool, cfg, target, progress=progress, until=until)
+        previous = target
+    return history
 
 
 def export_bundled(trained: str | Path, dest: str | Path, *, calibrate: bool = True, note: str = "") -> dict:
