@@ -26,8 +26,9 @@ Printed, for the model:
   slice and propagated both ways through z (``track(direction="both")``); printed: the median
   per-nucleus 3-D IoU, the IoU on the clicked slices, and how often a nucleus is correctly
   absent on slices beyond its end (the object-score head) and present within it. The slices are
-  small (61 x 57), so the model sees them enlarged; the figures are repeated with the stack
-  padded to the model input instead, at the pixel scale the bundled model was trained at.
+  small (61 x 57): the figures are given for the model's own ``max_upscale`` (the bundled model
+  enlarges small frames at most 2x and pads the rest), for Meta's way (resized to the input,
+  here 4.2x) and for no enlargement at all (padded: native pixel scale).
 """
 
 from __future__ import annotations
@@ -127,16 +128,6 @@ def track_ious(model, movie: np.ndarray, labels: np.ndarray, n_objects: int) -> 
     return [float(np.mean(v)) for v in per.values()], sec
 
 
-def pad_to(volume: np.ndarray, labels: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The stack in the top-left corner of size x size slices, filled with a background level (the
-    volume's 20th percentile), so that the model sees its pixels at their own scale."""
-    z, h, w = volume.shape
-    out = np.full((z, max(size, h), max(size, w)), np.percentile(volume, 20), volume.dtype)
-    lab = np.zeros(out.shape, labels.dtype)
-    out[:, :h, :w], lab[:, :h, :w] = volume, labels
-    return out, lab
-
-
 def volume_scores(model, volume: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Each nucleus clicked on its largest slice, tracked both ways through z: see the module doc."""
     from sam2_core.track import Prompt, track
@@ -212,12 +203,17 @@ def main() -> None:
     volume, vlabels = fetch(cache, MEMBERS_3D)
     print(f"real volume {volume.shape} {volume.dtype}, {len(np.unique(vlabels)) - 1} nuclei, each clicked once on its "
           f"largest slice and tracked both ways through z:")
-    for how, (vol, lab) in (("as given (slices resized to the model input)", (volume, vlabels)),
-                            ("padded to the model input (native pixel scale)", pad_to(volume, vlabels, model.image_size))):
-        v = volume_scores(model, vol, lab)
+    own = model.config.max_upscale
+    what = {0.0: "resized to the input", 1.0: "padded: native pixel scale"}
+    for k in [own] + [k for k in what if k != own]:
+        how = f"max_upscale {k:g} ({what.get(k, 'at most 2x enlarged, then padded' if k == 2 else 'padded')}"
+        how += ", the model's setting)" if k == own else ")"
+        model.config = model.config.replace(max_upscale=k)
+        v = volume_scores(model, volume, vlabels)
         print(f"  {how}: 3-D IoU median {v['iou3d']:.3f}, clicked-slice IoU {v['iou_clicked']:.3f}, "
               f"absent beyond the nucleus {v['absent']:.0%} of slices, present within {v['present']:.0%}, "
               f"{v['s_per_slice']:.2f} s/slice")
+    model.config = model.config.replace(max_upscale=own)
 
 
 if __name__ == "__main__":

@@ -223,7 +223,8 @@ class SegmentationSession:
                 return np.zeros(self.view.frame_shape, np.uint16), []
             low = self.predictor.current_low_res(self.state, frame)
             return logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids)),
-                                    prompted=prompted_on(self.state, ids, frame)), ids
+                                    prompted=prompted_on(self.state, ids, frame),
+                                    canvas=self.predictor.canvas_hw(self.state)), ids
 
     def remove_object(self, obj_id: int) -> None:
         with self.lock:
@@ -271,7 +272,8 @@ class SegmentationSession:
                         continue
                     seen.add(f)
                     lab = logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids)),
-                                           prompted=prompted_on(self.state, ids, f))
+                                           prompted=prompted_on(self.state, ids, f),
+                                           canvas=self.predictor.canvas_hw(self.state))
                 yield f, lab, ids
 
     def frames_in(self, direction: str, start: int | None, max_frames: int | None) -> int:

@@ -325,7 +325,8 @@ class SAM2AutomaticMaskGenerator:
 
     def _decode(self, pts: np.ndarray, hw: tuple[int, int]) -> _Batch:
         pred = self.predictor
-        coords = T.points_to_model(pts[:, None, :], hw, pred.model.image_size).to(pred.device)
+        canvas = pred.canvas_hw(0)
+        coords = T.points_to_model(pts[:, None, :], canvas, pred.model.image_size).to(pred.device)
         labels = torch.ones(coords.shape[:2], dtype=torch.int32, device=pred.device)
         low, iou = pred._predict(coords, labels, None, None, self.multimask_output, 0)
         n, m = iou.shape
@@ -338,7 +339,7 @@ class SAM2AutomaticMaskGenerator:
         low, iou, stab, points = low[keep], iou[keep], stab[keep], points[keep]
         if len(iou) == 0:
             return _Batch(torch.zeros((0, *hw), dtype=torch.bool), iou.cpu(), stab.cpu(), points, low.cpu())
-        full = T.masks_to_original(low[:, None], hw)[:, 0] > self.mask_threshold
+        full = T.masks_to_original(low[:, None], hw, canvas)[:, 0] > self.mask_threshold
         frac = full.flatten(1).float().mean(1)
         ok = (frac > 0) & (frac <= self.max_mask_fraction)
         return _Batch(full[ok].cpu(), iou[ok].cpu(), stab[ok].cpu(), points[ok.cpu()], low[ok].cpu())

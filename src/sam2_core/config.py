@@ -45,6 +45,11 @@ class SAM2Config:
         max_obj_ptrs_in_encoder: object pointers looked at by memory attention.
         memory_attention_layers / memory_attention_ffn: memory-attention depth and FFN width.
         decoder_mlp_dim: FFN width of the mask decoder's two-way transformer.
+        max_upscale: how far the predictors may enlarge a frame smaller than the input. 0 (Meta's
+            way) resizes any frame to the input; k > 0 enlarges at most k times and pads the rest
+            with the frame's background, so that small frames keep cells near the size a model
+            trained at microscopy pixel scale knows (the bundled one: 2). Larger frames are
+            resized either way.
     """
 
     name: str = "custom"
@@ -58,6 +63,7 @@ class SAM2Config:
     memory_attention_layers: int = 4
     memory_attention_ffn: int = 2048
     decoder_mlp_dim: int = 2048
+    max_upscale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.version not in ("2.0", "2.1"):
@@ -144,4 +150,5 @@ DEFAULT_CONFIG = SAM2Config(
     memory_attention_layers=2,
     memory_attention_ffn=512,
     decoder_mlp_dim=512,
+    max_upscale=2.0,
 )

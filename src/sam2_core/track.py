@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from sam2_core import transforms as T
 from sam2_core.masks import fill_small_holes, remove_small_fragments
 
 DIRECTIONS = ("forward", "backward", "both")
@@ -116,12 +116,14 @@ def logits_to_labels(
     *,
     chunk: int = 16,
     prompted: Sequence[bool] | None = None,
+    canvas: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """(N, 1, L, L) low-res logits -> (H, W) labels: each pixel to the highest positive logit.
 
     ``prompted`` (one flag per object): objects the user prompted on this frame come first, so
     that an object tracked in from another frame never paints over a cell the user clicked here
-    (the highest logit among prompted objects still decides between them).
+    (the highest logit among prompted objects still decides between them). ``canvas``: the
+    frame was padded to this size before the resize (``predictor.canvas_hw(state)``).
     """
     h, w = hw
     best = torch.full((h, w), 0.0, device=low_res.device)
@@ -129,7 +131,7 @@ def logits_to_labels(
     id_t = torch.as_tensor(obj_ids, device=low_res.device)
     first = None if prompted is None or not any(prompted) else torch.as_tensor(list(prompted), device=low_res.device)
     for s in range(0, low_res.shape[0], chunk):
-        up = F.interpolate(low_res[s : s + chunk].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        up = T.masks_to_original(low_res[s : s + chunk], (h, w), canvas)[:, 0]
         if first is not None:
             boost = first[s : s + chunk, None, None] & (up > 0)
             up = torch.where(boost, up + PROMPTED_FIRST, up)
@@ -192,7 +194,8 @@ def track_iter(
             if f in seen:
                 continue
             seen.add(f)
-            lab = logits_to_labels(low, ids, hw, dtype, prompted=prompted_on(state, ids, f))
+            lab = logits_to_labels(low, ids, hw, dtype, prompted=prompted_on(state, ids, f),
+                                   canvas=predictor.canvas_hw(state))
             yield f, clean_labels(lab, fill_holes, min_size)
 
 

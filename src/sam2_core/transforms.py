@@ -127,9 +127,34 @@ def _per_channel_limits(limits, n: int) -> list[tuple[float, float]] | None:
     raise ValueError(f"contrast_limits must be (low, high) or {n} such pairs, got shape {arr.shape}")
 
 
-def to_model_input(unit_rgb: np.ndarray | torch.Tensor, image_size: int, device=None) -> torch.Tensor:
-    """(H, W, 3) in [0, 1] -> (1, 3, S, S): bilinear antialiased resize, ImageNet normalisation."""
+def canvas_hw(orig_hw: tuple[int, int], image_size: int, max_upscale: float = 0.0) -> tuple[int, int]:
+    """The (H, W) area a frame occupies before the resize to the model input: the frame itself,
+    or, with ``max_upscale`` k > 0, the frame in the top-left corner of an area at least
+    image_size / k a side, so that the resize enlarges it at most k times
+    (``SAM2Config.max_upscale``)."""
+    h, w = int(orig_hw[0]), int(orig_hw[1])
+    if not max_upscale or max_upscale <= 0:
+        return h, w
+    side = int(np.ceil(image_size / max_upscale))
+    return max(h, side), max(w, side)
+
+
+def to_model_input(unit_rgb: np.ndarray | torch.Tensor, image_size: int, device=None,
+                   max_upscale: float = 0.0) -> torch.Tensor:
+    """(H, W, 3) in [0, 1] -> (1, 3, S, S): bilinear antialiased resize, ImageNet normalisation.
+
+    ``max_upscale``: first place the frame on its :func:`canvas_hw`, the rest filled with the
+    frame's background level (per channel, its 10th percentile).
+    """
     x = torch.as_tensor(unit_rgb, dtype=torch.float32, device=device).permute(2, 0, 1)[None]
+    h, w = x.shape[-2:]
+    hc, wc = canvas_hw((h, w), image_size, max_upscale)
+    if (hc, wc) != (h, w):
+        sample = x[0].flatten(1)[:, :: max(1, sample_step(h * w))]
+        fill = torch.quantile(sample, 0.1, dim=1)
+        canvas = fill.view(1, 3, 1, 1).expand(1, 3, hc, wc).clone()
+        canvas[..., :h, :w] = x
+        x = canvas
     x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
@@ -155,6 +180,17 @@ def boxes_to_model(
     return points_to_model(b, orig_hw, image_size, normalize)
 
 
-def masks_to_original(logits: torch.Tensor, orig_hw: tuple[int, int]) -> torch.Tensor:
-    """(B, M, h, w) logits -> (B, M, H, W) by bilinear interpolation (align_corners=False)."""
-    return F.interpolate(logits.float(), size=tuple(orig_hw), mode="bilinear", align_corners=False)
+def sample_step(n: int, target: int = 1 << 20) -> int:
+    """A stride that samples about ``target`` of ``n`` values."""
+    return max(1, n // target)
+
+
+def masks_to_original(logits: torch.Tensor, orig_hw: tuple[int, int],
+                      canvas: tuple[int, int] | None = None) -> torch.Tensor:
+    """(B, M, h, w) logits -> (B, M, H, W) by bilinear interpolation (align_corners=False); with a
+    padded ``canvas`` (:func:`canvas_hw`), interpolated to it and cropped to the frame."""
+    h, w = int(orig_hw[0]), int(orig_hw[1])
+    if canvas is None or tuple(canvas) == (h, w):
+        return F.interpolate(logits.float(), size=(h, w), mode="bilinear", align_corners=False)
+    up = F.interpolate(logits.float(), size=tuple(int(c) for c in canvas), mode="bilinear", align_corners=False)
+    return up[..., :h, :w]

@@ -240,9 +240,10 @@ class FrameSource:
             limits = limits[0]  # one estimated pair for a single channel
         return T.to_unit_rgb(frame, limits, self.channels)
 
-    def model_input(self, index: int, image_size: int, device: torch.device | str | None = None) -> torch.Tensor:
-        """Frame ``index`` as the model's (1, 3, S, S) input."""
-        return T.to_model_input(self.unit_rgb(index), image_size, device=device)
+    def model_input(self, index: int, image_size: int, device: torch.device | str | None = None,
+                    max_upscale: float = 0.0) -> torch.Tensor:
+        """Frame ``index`` as the model's (1, 3, S, S) input (``max_upscale``: ``T.to_model_input``)."""
+        return T.to_model_input(self.unit_rgb(index), image_size, device=device, max_upscale=max_upscale)
 
     def signature(self) -> str:
         """Content signature (shape, dtype, normalisation, hash of sampled frames) for caches."""

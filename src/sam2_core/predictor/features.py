@@ -76,16 +76,19 @@ class FeatureCache:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-read",
                                         initializer=_lower_thread_priority) if read_ahead else None
         self.disk_cache = Path(disk_cache) if disk_cache else None
+        self.max_upscale = float(getattr(getattr(model, "config", None), "max_upscale", 0.0))
         self._prefix = None
         if self.disk_cache is not None:
             self.disk_cache.mkdir(parents=True, exist_ok=True)
             limits = np.asarray(frames.limits if frames.limits is not None else [], dtype=np.float64)
             pre = repr((model.image_size, frames.channels, frames.natural_rgb, limits.tolist())) + tag
+            if self.max_upscale:
+                pre += f"max_upscale={self.max_upscale}"
             self._prefix = hashlib.sha256((model_fingerprint(model) + pre).encode()).hexdigest()[:16]
         self.encoded = 0  # frames run through the image encoder (for tests and benchmarks)
 
     def _input(self, index: int) -> torch.Tensor:
-        return self.frames.model_input(index, self.model.image_size)
+        return self.frames.model_input(index, self.model.image_size, max_upscale=self.max_upscale)
 
     def _pixels(self, index: int) -> np.ndarray:
         """Read and normalise a frame (numpy only: runs in the read-ahead thread without
@@ -114,7 +117,7 @@ class FeatureCache:
         if feats is None:
             fut = self._pending.pop(index, None)
             if fut is not None:
-                x = T.to_model_input(fut.result(), self.model.image_size)
+                x = T.to_model_input(fut.result(), self.model.image_size, max_upscale=self.max_upscale)
             else:
                 x = self._input(index)
             with torch.inference_mode():

@@ -65,6 +65,7 @@ class SAM2ImagePredictor:
         self._features: ImageFeatures | None = None
         self._image_embed: torch.Tensor | None = None
         self._orig_hw: list[tuple[int, int]] = []
+        self._canvas_hw: list[tuple[int, int]] = []  # see transforms.canvas_hw
         self._is_image_set = False
         self._is_batch = False
         self._static: dict[int, dict[str, torch.Tensor]] = {}  # per image index, see _static_parts
@@ -86,8 +87,9 @@ class SAM2ImagePredictor:
         """
         image = np.asarray(image)
         rgb = T.to_unit_rgb(image, contrast_limits, channels)
-        x = T.to_model_input(rgb, self.model.image_size, device=self.device)
-        self.set_model_input(x, [tuple(image.shape[:2])])
+        x = T.to_model_input(rgb, self.model.image_size, device=self.device, max_upscale=self.max_upscale)
+        hw = tuple(image.shape[:2])
+        self.set_model_input(x, [hw], [T.canvas_hw(hw, self.model.image_size, self.max_upscale)])
 
     @torch.inference_mode()
     def set_image_batch(self, images: Sequence[np.ndarray], **kwargs) -> None:
@@ -98,14 +100,26 @@ class SAM2ImagePredictor:
         for img in images:
             img = np.asarray(img)
             rgb = T.to_unit_rgb(img, kwargs.get("contrast_limits"), kwargs.get("channels"))
-            xs.append(T.to_model_input(rgb, self.model.image_size, device=self.device))
+            xs.append(T.to_model_input(rgb, self.model.image_size, device=self.device, max_upscale=self.max_upscale))
             hws.append(tuple(img.shape[:2]))
-        self.set_model_input(torch.cat(xs), hws)
+        self.set_model_input(torch.cat(xs), hws,
+                             [T.canvas_hw(hw, self.model.image_size, self.max_upscale) for hw in hws])
         self._is_batch = True
 
+    @property
+    def max_upscale(self) -> float:
+        """How far an image smaller than the input may be enlarged (``SAM2Config.max_upscale``)."""
+        return float(getattr(getattr(self.model, "config", None), "max_upscale", 0.0))
+
+    def canvas_hw(self, image_index: int = 0) -> tuple[int, int]:
+        """The area an image occupied before the resize (itself, or padded: ``T.canvas_hw``)."""
+        return self._canvas_hw[image_index]
+
     @torch.inference_mode()
-    def set_model_input(self, x: torch.Tensor, orig_hw: list[tuple[int, int]]) -> None:
-        """Embed already-preprocessed input (B, 3, S, S) whose originals had sizes ``orig_hw``."""
+    def set_model_input(self, x: torch.Tensor, orig_hw: list[tuple[int, int]],
+                        canvas_hw: list[tuple[int, int]] | None = None) -> None:
+        """Embed already-preprocessed input (B, 3, S, S) whose originals had sizes ``orig_hw``
+        (resized from ``canvas_hw`` when they were padded first; default: the originals)."""
         self.reset_predictor()
         key = hashlib.blake2b(x.detach().cpu().contiguous().numpy().tobytes(), digest_size=16).digest()
         key += str(tuple(x.shape)).encode()
@@ -122,6 +136,7 @@ class SAM2ImagePredictor:
         self._features = features
         self._image_embed = self.model.add_no_mem_embed(self._features.vision_features)
         self._orig_hw = [(int(h), int(w)) for h, w in orig_hw]
+        self._canvas_hw = [(int(h), int(w)) for h, w in (canvas_hw or orig_hw)]
         self._is_image_set = True
 
     def clear_cache(self) -> None:
@@ -172,12 +187,12 @@ class SAM2ImagePredictor:
         self._require_image()
         if not 0 <= image_index < len(self._orig_hw):
             raise IndexError(f"image_index {image_index} out of range for {len(self._orig_hw)} image(s)")
-        hw = self._orig_hw[image_index]
+        hw, canvas = self._orig_hw[image_index], self._canvas_hw[image_index]
         coords, labels, boxes, masks = self._prep_prompts(
-            point_coords, point_labels, box, mask_input, hw, normalize_coords
+            point_coords, point_labels, box, mask_input, hw, normalize_coords, canvas
         )
         low_res, iou = self._predict(coords, labels, boxes, masks, multimask_output, image_index)
-        full = T.masks_to_original(low_res, hw)
+        full = T.masks_to_original(low_res, hw, canvas)
         low_res = torch.clamp(low_res, -32.0, 32.0)
         out = full if return_logits else full > self.mask_threshold
         squeeze = low_res.shape[0] == 1
@@ -200,8 +215,12 @@ class SAM2ImagePredictor:
                 acc.append(v)
         return results
 
-    def _prep_prompts(self, point_coords, point_labels, box, mask_input, hw, normalize):
+    def _prep_prompts(self, point_coords, point_labels, box, mask_input, hw, normalize, canvas=None):
         s = self.model.image_size
+        scale = None  # [0, 1] coordinates of a padded image: to pixels first, then over the canvas
+        if canvas is not None and tuple(canvas) != tuple(hw):
+            scale = None if normalize else np.array([hw[1], hw[0]], np.float32)
+            hw, normalize = canvas, True
         dev = self.device
         coords = labels = boxes = masks = None
         if point_coords is not None:
@@ -219,7 +238,7 @@ class SAM2ImagePredictor:
             bad = set(np.unique(pl).tolist()) - {-1, 0, 1, 2, 3}
             if bad:
                 raise ValueError(f"point labels must be 1 (positive) or 0 (negative), got {sorted(bad)}")
-            coords = T.points_to_model(pc, hw, s, normalize).to(dev)
+            coords = T.points_to_model(pc if scale is None else pc * scale, hw, s, normalize).to(dev)
             labels = torch.as_tensor(pl, dtype=torch.int32, device=dev)
             if coords.ndim == 2:
                 coords, labels = coords[None], labels[None]
@@ -227,7 +246,7 @@ class SAM2ImagePredictor:
             b = np.asarray(box, dtype=np.float32)
             if b.shape[-1] != 4 or b.ndim > 2:
                 raise ValueError(f"box must be (4,) or (B, 4) XYXY, got shape {b.shape}")
-            boxes = T.boxes_to_model(b, hw, s, normalize).to(dev)  # (B, 2, 2)
+            boxes = T.boxes_to_model(b if scale is None else b * np.tile(scale, 2), hw, s, normalize).to(dev)
         if mask_input is not None:
             masks = torch.as_tensor(np.asarray(mask_input, dtype=np.float32), device=dev)
             if masks.ndim == 3:

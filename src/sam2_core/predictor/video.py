@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from sam2_core import precision as precision_mod
+from sam2_core import transforms as T
 from sam2_core.io.frames import FrameSource
 from sam2_core.masks import fill_holes_in_logits, non_overlapping
 from sam2_core.modeling.sam2 import NO_OBJ_SCORE, HeadsOutput, SAM2Model
@@ -222,12 +223,15 @@ class SAM2VideoPredictor:
         if not np.isfinite(pts).all():
             raise ValueError("points contain NaN or infinite values")
         h, w = state.video_height, state.video_width
+        hc, wc = self.canvas_hw(state)
         if normalize_coords:
             if (pts < -0.5).any() or (pts[:, 0] > w - 0.5).any() or (pts[:, 1] > h - 0.5).any():
                 raise ValueError(f"points {pts.tolist()} fall outside the {w}x{h} (x by y) frame")
-            pts = pts / np.array([w, h], np.float32)
+            pts = pts / np.array([wc, hc], np.float32)
         elif (pts < 0).any() or (pts > 1).any():
             raise ValueError("with normalize_coords=False points must be in [0, 1]")
+        else:
+            pts = pts * np.array([w / wc, h / hc], np.float32)
         coords = torch.as_tensor(pts * self.image_size, device=state.device)[None]
         return coords, torch.as_tensor(lab, dtype=torch.int32, device=state.device)[None]
 
@@ -281,6 +285,9 @@ class SAM2VideoPredictor:
         if m.ndim != 2 or tuple(m.shape) != (state.video_height, state.video_width):
             raise ValueError(f"mask must be ({state.video_height}, {state.video_width}), got {tuple(m.shape)}")
         m = m[None, None].float()
+        hc, wc = self.canvas_hw(state)
+        if (hc, wc) != tuple(m.shape[-2:]):  # a padded frame: the mask on its canvas
+            m = F.pad(m, (0, wc - m.shape[-1], 0, hc - m.shape[-2]))
         if m.shape[-2:] != (self.image_size, self.image_size):
             m = F.interpolate(m, size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
             m = (m >= 0.5).float()
@@ -671,6 +678,10 @@ class SAM2VideoPredictor:
         return self._to_video_res(state, self.current_low_res(state, f))
 
     def _to_video_res(self, state: VideoState, low_res: torch.Tensor) -> torch.Tensor:
-        out = F.interpolate(low_res.float(), size=(state.video_height, state.video_width),
-                            mode="bilinear", align_corners=False)
+        out = T.masks_to_original(low_res, (state.video_height, state.video_width), self.canvas_hw(state))
         return non_overlapping(out) if self.non_overlap_masks else out
+
+    def canvas_hw(self, state: VideoState) -> tuple[int, int]:
+        """The area a frame occupies before the resize to the model input: the frame, or padded
+        when the model limits enlargement (``SAM2Config.max_upscale``)."""
+        return T.canvas_hw((state.video_height, state.video_width), self.image_size, state.features.max_upscale)

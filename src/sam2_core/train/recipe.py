@@ -128,12 +128,19 @@ def train_bundled(out: str | Path, steps: int | None = None, seed: int = 0, prog
 def export_bundled(trained: str | Path, dest: str | Path, *, calibrate: bool = True, note: str = "") -> dict:
     """Write the shipped form of a trained checkpoint: float16 weights (half the size; the
     loader casts them back), the config, the recipe note and, with ``calibrate``, the automatic
-    generator's thresholds calibrated for these weights (``"recommended"``). Returns those."""
+    generator's thresholds calibrated for these weights (``"recommended"``). Returns those.
+
+    A checkpoint of the default architecture is written with ``DEFAULT_CONFIG`` as it is now
+    (its preprocessing choices, e.g. ``max_upscale``, may be newer than the training run).
+    """
     from sam2_core.checkpoint import read_checkpoint_full, save_checkpoint
     from sam2_core.train.evaluate import calibrate_generator
 
     state, config, recommended = read_checkpoint_full(trained)
-    model = SAM2Model(config or DEFAULT_CONFIG)
+    config = config or DEFAULT_CONFIG
+    if config.replace(max_upscale=DEFAULT_CONFIG.max_upscale) == DEFAULT_CONFIG:
+        config = DEFAULT_CONFIG
+    model = SAM2Model(config)
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.eval()
     if calibrate:
