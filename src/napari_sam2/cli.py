@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train on simulated nuclei movies (with the default model: the bundled model's recipe)")
     tr.add_argument("--steps", type=int, default=None,
                     help="optimiser steps (default: 1000; with --simulated and the default model: the recipe's "
-                         "phases A-E, about 9,000 steps, scaled down when given)")
+                         "phases A-D, about 8,000 steps, scaled down when given)")
     tr.add_argument("--lr", type=float, default=1e-4)
     tr.add_argument("--clip-len", type=int, default=6, help="frames per training clip")
     tr.add_argument("--max-stride", type=int, default=1,
