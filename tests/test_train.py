@@ -152,6 +152,18 @@ def test_warm_frames_train_only_the_later_frames():
         assert torch.isfinite(losses["total"]) and grads and all(torch.isfinite(g).all() for g in grads)
         seen.append(float(losses["total"].detach()))
     assert seen[0] != seen[1] != seen[2]  # different frames carry the loss
+    from sam2_core.train.loop import _encode
+
+    def grad_from(t: int) -> float:  # frames 1-3 are encoded without gradient, in their place in the clip
+        model.zero_grad()
+        _encode(model, clip.frames, 3).vision_features[t].sum().backward()
+        return sum(float(p.grad.abs().sum()) for p in model.parameters() if p.grad is not None)
+
+    assert [grad_from(t) > 0 for t in range(6)] == [True, False, False, False, True, True]
+    with torch.no_grad():
+        whole = model.eval().encode_image(clip.frames).vision_features
+        warm = _encode(model, clip.frames, 3).vision_features
+    assert torch.allclose(whole, warm, atol=1e-5)
 
 
 def test_training_learns_and_resumes(tmp_path):

@@ -150,7 +150,7 @@ def to_model_input(unit_rgb: np.ndarray | torch.Tensor, image_size: int, device=
     h, w = x.shape[-2:]
     hc, wc = canvas_hw((h, w), image_size, max_upscale)
     if (hc, wc) != (h, w):
-        sample = x[0].flatten(1)[:, :: max(1, sample_step(h * w))]
+        sample = x[0].flatten(1)[:, :: max(1, h * w // (1 << 20))]  # torch.quantile takes < 16 M values
         fill = torch.quantile(sample, 0.1, dim=1)
         canvas = fill.view(1, 3, 1, 1).expand(1, 3, hc, wc).clone()
         canvas[..., :h, :w] = x
@@ -178,11 +178,6 @@ def boxes_to_model(
     """(..., 4) XYXY -> (B, 2, 2) corner points in model pixels."""
     b = torch.as_tensor(np.asarray(boxes_xyxy, dtype=np.float32)).reshape(-1, 2, 2)
     return points_to_model(b, orig_hw, image_size, normalize)
-
-
-def sample_step(n: int, target: int = 1 << 20) -> int:
-    """A stride that samples about ``target`` of ``n`` values."""
-    return max(1, n // target)
 
 
 def masks_to_original(logits: torch.Tensor, orig_hw: tuple[int, int],

@@ -76,7 +76,7 @@ class FeatureCache:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-read",
                                         initializer=_lower_thread_priority) if read_ahead else None
         self.disk_cache = Path(disk_cache) if disk_cache else None
-        self.max_upscale = float(getattr(getattr(model, "config", None), "max_upscale", 0.0))
+        self.max_upscale = float(model.config.max_upscale)
         self._prefix = None
         if self.disk_cache is not None:
             self.disk_cache.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ class SAM2ImagePredictor:
     @property
     def max_upscale(self) -> float:
         """How far an image smaller than the input may be enlarged (``SAM2Config.max_upscale``)."""
-        return float(getattr(getattr(self.model, "config", None), "max_upscale", 0.0))
+        return float(self.model.config.max_upscale)
 
     def canvas_hw(self, image_index: int = 0) -> tuple[int, int]:
         """The area an image occupied before the resize (itself, or padded: ``T.canvas_hw``)."""

@@ -1,7 +1,7 @@
 """The recipe of the bundled ``default`` model: architecture, data and hyper-parameters.
 
-Phases, all on simulated data only (:mod:`sam2_core.simulate_cells`, and for E also
-:mod:`sam2_core.simulate_volume`), each from the previous one's weights with a new optimiser:
+Phases, all on simulated movies only (:mod:`sam2_core.simulate_cells`), each from the previous
+one's weights with a new optimiser:
 
 A. single frames, 8 objects each (clicks, boxes, corrective clicks): the decoder learns to find
    *the clicked* cell. From scratch this takes ~1,100 steps before it starts (the network first
@@ -60,7 +60,6 @@ PHASE_D_UNTIL = 1850  # the shipped run stopped there
 #: shipped model never let a tracked nucleus end (real 3-D nuclei: present on 94 % of the slices
 #: beyond their end, 3-D IoU 0.20 with the volume padded to native scale).
 PHASE_E_VOLUMES = 0.3
-PHASE_E_UNTIL = 1000
 PHASE_E = TrainConfig(steps=1000, lr=1e-4, warmup=30, clip_len=12, warm_frames=6, max_stride=3, max_objects=6,
                       prob_box=0.3, prob_mask=0.1, prob_correct=0.3, prob_single=0.25, single_objects=8,
                       save_every=50, seed=5, weights=LossWeights(balanced_bce=0.0))
@@ -94,11 +93,11 @@ def train_bundled(out: str | Path, steps: int | None = None, seed: int = 0, prog
     from dataclasses import replace
 
     out = Path(out)
-    phases = [  # name, config, until, pool (size, movie length, renew every, limits, volumes)
-        ("A", PHASE_A, PHASE_A_UNTIL, (64, 4, 8, "clip", 0.0)),
-        ("B", PHASE_B, PHASE_B_UNTIL, (48, 12, 4, "clip", 0.0)),
-        ("C", PHASE_C, PHASE_C_UNTIL, (48, 12, 4, "clip", 0.0)),
-        ("D", PHASE_D, PHASE_D_UNTIL, (48, PHASE_D_MOVIE_LEN, 16, "clip", 0.0)),
+    phases = [  # name, config, until, pool (size, movie length, renew every)
+        ("A", PHASE_A, PHASE_A_UNTIL, (64, 4, 8)),
+        ("B", PHASE_B, PHASE_B_UNTIL, (48, 12, 4)),
+        ("C", PHASE_C, PHASE_C_UNTIL, (48, 12, 4)),
+        ("D", PHASE_D, PHASE_D_UNTIL, (48, PHASE_D_MOVIE_LEN, 16)),
     ]  # phase E (PHASE_E) was tried and not shipped: see the model card
     if steps is not None:  # each phase its share of ``steps``, at least one
         total = sum(until for _, _, until, _ in phases)
@@ -110,14 +109,14 @@ def train_bundled(out: str | Path, steps: int | None = None, seed: int = 0, prog
     model = SAM2Model(DEFAULT_CONFIG)
     history: list[dict] = []
     previous = None
-    for k, (name, cfg, until, (size, movie_len, renew, limits, volumes)) in enumerate(phases):
+    for k, (name, cfg, until, (size, movie_len, renew)) in enumerate(phases):
         target = out if k == len(phases) - 1 else out.with_name(f"{out.stem}.phase{name}.pt")
         if previous is not None and not target.is_file():  # from the previous phase, new optimiser
             model.load_state_dict({key: v.float() for key, v in read_checkpoint(previous)[0].items()})
         if small:
             size, movie_len = max(2, steps), min(movie_len, 2 * cfg.clip_len)
         pool = SimulatedPool(DEFAULT_CONFIG.image_size, size=size, movie_len=movie_len, seed=seed + k,
-                             renew_every=renew, limits=limits, volumes=volumes)
+                             renew_every=renew)
         history = train(model, pool, cfg, target, progress=progress, until=until)
         previous = target
     return history
