@@ -154,7 +154,7 @@ class SegmentationSession:
         single = p is not None and len(p[0]) == 1 and k not in boxes
         out, scores, _ = self._tiled.predict(
             point_coords=None if p is None else p[0], point_labels=None if p is None else p[1],
-            box=boxes.get(k), multimask_output=single)
+            box=boxes.get(k), multimask_output=None if single else False)  # one click: the model's choice
         i = int(np.argmax(scores))
         y0, y1, x0, x1 = self._tiled.last_tile.outer  # the mask is empty outside its tile
         return out[i, y0:y1, x0:x1].copy(), (y0, x0), float(scores[i])  # not a view of the full mask

@@ -205,7 +205,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
                 kw = {"box": p.box} if p.box is not None else {}
                 if p.points is not None:
                     kw.update(point_coords=p.points, point_labels=p.labels)
-                masks, scores, _ = pred.predict(**kw, multimask_output=p.points is not None and len(p.points) == 1)
+                one_click = p.points is not None and len(p.points) == 1 and p.box is None
+                # one click: the model's choice (three candidates, or its single-mask output)
+                masks, scores, _ = pred.predict(**kw, multimask_output=None if one_click else False)
                 labels[masks[int(np.argmax(scores))] & (labels == 0)] = p.object_id
         target = out / f"{path.stem}_labels.tif"
         write_labels_tiff(target, labels)

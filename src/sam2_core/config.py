@@ -50,6 +50,16 @@ class SAM2Config:
             with the frame's background, so that small frames keep cells near the size a model
             trained at microscopy pixel scale knows (the bundled one: 2). Larger frames are
             resized either way.
+        multimask_output_in_sam: a prompt of one click (or none) gives three candidate masks, of
+            which the predictors keep the best-scored (Meta's choice, every official model);
+            False: the decoder's single-mask output (with its fallback to the best candidate
+            when that mask is unstable). For a model whose IoU head ranks the candidates badly
+            (the bundled one), the single output is the better mask. Applies to the image
+            predictor's default (``predict(multimask_output=None)``), the video predictor's
+            prompted frames and training.
+        multimask_output_for_tracking: tracked (unprompted) frames pick the best-scored of three
+            candidates (Meta's choice); False: the single-mask output. Unlike Meta's flags, the
+            two are independent (all official models set both).
     """
 
     name: str = "custom"
@@ -64,6 +74,11 @@ class SAM2Config:
     memory_attention_ffn: int = 2048
     decoder_mlp_dim: int = 2048
     max_upscale: float = 0.0
+    multimask_output_in_sam: bool = True
+    multimask_output_for_tracking: bool = True
+
+    #: Fields that change how a model is used, not its weights (an export may renew them).
+    USAGE_FIELDS = ("max_upscale", "multimask_output_in_sam", "multimask_output_for_tracking")
 
     def __post_init__(self) -> None:
         if self.version not in ("2.0", "2.1"):
@@ -151,4 +166,5 @@ DEFAULT_CONFIG = SAM2Config(
     memory_attention_ffn=512,
     decoder_mlp_dim=512,
     max_upscale=2.0,
+    multimask_output_in_sam=False,  # its IoU head ranks the three candidates badly: docs/model-card.md
 )

@@ -113,7 +113,7 @@ class TiledImagePredictor:
                              "use a larger tile or halo, or prompt objects one at a time")
         return t
 
-    def predict(self, point_coords=None, point_labels=None, box=None, multimask_output: bool = True, **kwargs):
+    def predict(self, point_coords=None, point_labels=None, box=None, multimask_output: bool | None = None, **kwargs):
         if self.image is None:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
         pts = None if point_coords is None else np.asarray(point_coords, np.float32).reshape(-1, 2)

@@ -163,7 +163,7 @@ class SAM2ImagePredictor:
         point_labels: np.ndarray | None = None,
         box: np.ndarray | None = None,
         mask_input: np.ndarray | None = None,
-        multimask_output: bool = True,
+        multimask_output: bool | None = None,
         return_logits: bool = False,
         normalize_coords: bool = True,
         *,
@@ -176,7 +176,10 @@ class SAM2ImagePredictor:
             point_labels: (N,) or (B, N): 1 foreground, 0 background.
             box: (4,) or (B, 4) XYXY pixels.
             mask_input: (1, L, L) or (B, 1, L, L) low-res logits from an earlier call (L = S/4).
-            multimask_output: three candidate masks instead of one.
+            multimask_output: three candidate masks instead of one. None (default): three, as
+                Meta's default, except for a prompt of one click on a model whose config says
+                ``multimask_output_in_sam=False`` (the bundled one), which gives its single-mask
+                output: the better mask when its IoU head ranks the candidates badly.
             return_logits: return logits instead of boolean masks.
             normalize_coords: coordinates are pixels (True) or already in [0, 1] (False).
 
@@ -191,6 +194,9 @@ class SAM2ImagePredictor:
         coords, labels, boxes, masks = self._prep_prompts(
             point_coords, point_labels, box, mask_input, hw, normalize_coords, canvas
         )
+        if multimask_output is None:
+            one_click = boxes is None and masks is None and coords is not None and coords.shape[1] == 1
+            multimask_output = not one_click or bool(self.model.config.multimask_output_in_sam)
         low_res, iou = self._predict(coords, labels, boxes, masks, multimask_output, image_index)
         full = T.masks_to_original(low_res, hw, canvas)
         low_res = torch.clamp(low_res, -32.0, 32.0)
@@ -200,7 +206,7 @@ class SAM2ImagePredictor:
         return tuple(r.float().cpu().numpy() if r.dtype != torch.bool else r.cpu().numpy() for r in res)
 
     def predict_batch(self, point_coords_batch=None, point_labels_batch=None, box_batch=None,
-                      mask_input_batch=None, multimask_output=True, return_logits=False,
+                      mask_input_batch=None, multimask_output=None, return_logits=False,
                       normalize_coords=True):
         """:meth:`predict` for each image set with :meth:`set_image_batch`; lists of results."""
         self._require_image()

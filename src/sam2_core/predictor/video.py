@@ -314,7 +314,7 @@ class SAM2VideoPredictor:
             else:
                 pix = self._condition(state, [obj], frame_idx, obj.tracked[frame_idx], [None])[0][1]
             coords, labels = points
-            multimask = labels.shape[1] <= 1
+            multimask = labels.shape[1] <= 1 and self.model.config.multimask_output_in_sam
             heads = self.model.forward_sam_heads(pix, coords, labels, prev_logits, feats.high_res, multimask)
         return FrameOutput(heads.obj_ptr.float(), heads.object_score_logits.float(), None,
                            self._postprocess(heads.low_res_masks.float()))
@@ -505,8 +505,9 @@ class SAM2VideoPredictor:
                 high_res = [win.crop_each(h, ws, s) for h, s in zip(feats.high_res, (4, 2))]
                 vision = win.crop_each(feats.vision_features, ws)
                 image_pe = win.crop_each(self.model.sam_prompt_encoder.get_dense_pe(), ws)
-            heads: HeadsOutput = self.model.forward_sam_heads(pix, None, None, None, high_res, multimask_output=True,
-                                                              image_pe=image_pe)
+            heads: HeadsOutput = self.model.forward_sam_heads(
+                pix, None, None, None, high_res, multimask_output=self.model.config.multimask_output_for_tracking,
+                image_pe=image_pe)
             mem, _ = self.model.encode_memory(vision, heads.high_res_masks, heads.object_score_logits, False)
             mem = mem.to(self.storage_dtype)
             low = heads.low_res_masks.float()

@@ -89,7 +89,7 @@ def _prompt_frame(model: SAM2Model, feats, clip: Clip, cfg: TrainConfig, rng: np
         pts = np.stack([P.click_inside(m, rng) for m in truth])
         labels = np.ones((k, 1), np.int32)
     heads = model.forward_sam_heads(pix, torch.from_numpy(pts), torch.from_numpy(labels), None, high,
-                                    multimask_output=kind == "click")
+                                    multimask_output=kind == "click" and model.config.multimask_output_in_sam)
     losses.append(step_losses(heads.high_res_multimasks, heads.ious, heads.object_score_logits,
                               clip.targets[:, 0], cfg.weights))
     n_corr = int(rng.integers(1, cfg.max_corrections + 1)) if rng.uniform() < cfg.prob_correct else 0
@@ -163,7 +163,8 @@ def _track_frame(model: SAM2Model, feats, memory: dict, maskmem_pos: torch.Tenso
     vision = feats.vision_features[t : t + 1].expand(k, -1, -1, -1)
     pix = model.condition_on_memory(vision, feats.vision_pos[t : t + 1].expand(k, -1, -1, -1), mem, mem_pos, n_ptr)
     high = [h[t : t + 1].expand(k, -1, -1, -1) for h in feats.high_res]
-    return model.forward_sam_heads(pix, None, None, None, high, multimask_output=True)
+    return model.forward_sam_heads(pix, None, None, None, high,
+                                   multimask_output=model.config.multimask_output_for_tracking)
 
 
 def train(
