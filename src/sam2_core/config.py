@@ -50,7 +50,7 @@ class SAM2Config:
             with the frame's background, so that small frames keep cells near the size a model
             trained at microscopy pixel scale knows (the bundled one: 2). Larger frames are
             resized either way.
-        multimask_output_in_sam: a prompt of one click (or none) gives three candidate masks, of
+        multimask_output_in_sam: a prompt of one click gives three candidate masks, of
             which the predictors keep the best-scored (Meta's choice, every official model);
             False: the decoder's single-mask output (with its fallback to the best candidate
             when that mask is unstable). For a model whose IoU head ranks the candidates badly
