@@ -199,6 +199,12 @@ def test_evaluate_runs_on_any_model():
     m = evaluate(SAM2Model(TINY).eval(), n_movies=1, n_frames=3, size=64, max_objects=2)
     assert 0 <= m.single_click_iou <= 1 and 0 <= m.propagated_iou <= 1
     assert m.n_click_objects > 0 and m.n_tracked_objects > 0 and m.seconds_per_frame > 0
+    assert m.best_of_three_click_iou == m.single_click_iou  # Meta's config: the default is the best of three
+    torch.manual_seed(0)
+    single = evaluate(SAM2Model(TINY.replace(multimask_output_in_sam=False)).eval(), n_movies=1, n_frames=3,
+                      size=64, max_objects=2, n_leaving=0, n_volumes=0)
+    assert single.best_of_three_click_iou == m.best_of_three_click_iou  # same weights, same clicks
+    assert 0 <= single.single_click_iou <= 1
 
 
 def test_drifting_cells_leave_the_field_and_are_scored():
