@@ -252,6 +252,26 @@ def test_simulated_volume_nuclei_end_in_place():
     assert m.n_volume_objects > 0 and 0 <= m.volume_iou <= 1 and 0 <= m.volume_absent_accuracy <= 1
 
 
+def test_pool_drift_makes_cells_leave_the_field():
+    from scipy import ndimage
+
+    still = SimulatedPool(128, size=4, movie_len=30, seed=5)
+    drifting = SimulatedPool(128, size=4, movie_len=30, seed=5, drift=1.0, drift_speed=(3.0, 3.0))
+    for a, b in zip(still.items, drifting.items):
+        # the same cells (same seeds) on the first frame, then drifting 3 px per frame: 87 px by the last
+        assert np.array_equal(a.labels[0] > 0, b.labels[0] > 0)
+        kept = sorted((set(np.unique(b.labels[0])) & set(np.unique(b.labels[-1]))) - {0})
+        shift = [np.hypot(*np.subtract(ndimage.center_of_mass(b.labels[-1] == c), ndimage.center_of_mass(b.labels[0] == c)))
+                 for c in kept]
+        assert not kept or np.median(shift) > 40
+        left = lambda m: len(set(np.unique(m.labels[0])) - set(np.unique(m.labels[-1])))  # noqa: E731
+        assert left(b) > left(a)  # more cells leave the field (or divide, in both)
+    half = SimulatedPool(64, size=20, movie_len=4, seed=5, drift=0.5)
+    base = SimulatedPool(64, size=20, movie_len=4, seed=5)
+    same = sum(np.array_equal(a.labels, b.labels) for a, b in zip(half.items, base.items))
+    assert 3 < same < 17  # about half the movies drift; the others are drawn exactly as without drift
+
+
 def test_default_config_is_small():
     n = sum(p.numel() for p in SAM2Model(DEFAULT_CONFIG).parameters())
     assert n * 2 < 25e6  # shipped as float16: under the 25 MB budget

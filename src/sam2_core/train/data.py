@@ -123,15 +123,24 @@ def draw_stride(rng: np.random.Generator, max_stride: int) -> int:
 
 class SimulatedPool:
     """A pool of simulated movies (and, with ``volumes`` > 0, that share of simulated volumes whose
-    slices are the frames: nuclei end in place there), renewed one at a time as training draws clips."""
+    slices are the frames: nuclei end in place there), renewed one at a time as training draws clips.
+
+    ``drift`` is the share of movies in which every cell also drifts by ``drift_speed`` pixels per
+    frame (drawn from the range, in a random direction: a drifting stage or a flow), so that cells
+    leave the field on one side and new ones enter on the other much more often than by their own
+    motion; the object-score head learns from those exits.
+    """
 
     def __init__(self, image_size: int, size: int = 64, movie_len: int = 12, seed: int = 0,
-                 renew_every: int = 4, limits: str = "clip", volumes: float = 0.0) -> None:
+                 renew_every: int = 4, limits: str = "clip", volumes: float = 0.0, drift: float = 0.0,
+                 drift_speed: tuple[float, float] = (1.0, 3.0)) -> None:
         self.image_size, self.movie_len, self.renew_every = image_size, movie_len, renew_every
         self.limits = limits  # see make_clip
         self.volumes = volumes  # share of the pool that are volumes (slices as frames), not movies
+        self.drift, self.drift_speed = drift, drift_speed
         self.rng = np.random.default_rng(seed)
         self._kind_rng = np.random.default_rng([seed, 7])  # its own stream: volumes=0 draws as before
+        self._drift_rng = np.random.default_rng([seed, 11])  # likewise for drift=0
         self._next_seed = 1_000_000 * (seed + 1)
         self.items = [self._new() for _ in range(size)]
         self.draws = 0
@@ -143,7 +152,11 @@ class SimulatedPool:
             from sam2_core.simulate_volume import simulate_volume
 
             return from_simulation(simulate_volume(self.movie_len, shape, seed=self._next_seed))
-        return from_simulation(simulate_cells(self.movie_len, shape, seed=self._next_seed))
+        drift = None
+        if self.drift > 0 and self._drift_rng.uniform() < self.drift:
+            angle, speed = self._drift_rng.uniform(0, 2 * np.pi), self._drift_rng.uniform(*self.drift_speed)
+            drift = (speed * np.sin(angle), speed * np.cos(angle))
+        return from_simulation(simulate_cells(self.movie_len, shape, seed=self._next_seed, drift=drift))
 
     def sample(self, clip_len: int, max_objects: int, max_stride: int = 1) -> Clip:
         """A clip of ``clip_len`` frames, taken every s-th frame with s drawn from 1..max_stride."""
