@@ -128,7 +128,7 @@ class SimulatedPool:
     ``drift`` is the share of movies in which every cell also drifts by ``drift_speed`` pixels per
     frame (drawn from the range, in a random direction: a drifting stage or a flow), so that cells
     leave the field on one side and new ones enter on the other much more often than by their own
-    motion; the object-score head learns from those exits.
+    motion, and the object-score head is supervised on many more exits.
     """
 
     def __init__(self, image_size: int, size: int = 64, movie_len: int = 12, seed: int = 0,
