@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_image_encoder.py
 	$(PY) benchmarks/bench_bundled.py
 	$(PY) benchmarks/bench_image.py
+	$(PY) benchmarks/bench_windows.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -22,7 +22,12 @@ def test_bundled_file(model):
     assert model.config == DEFAULT_CONFIG
     assert bundled_checkpoint().stat().st_size < 25e6
     # the automatic generator's thresholds, calibrated for these weights, travel with them
-    assert set(model.recommended) == {"pred_iou_thresh", "stability_score_thresh"}
+    assert set(model.recommended) == {"pred_iou_thresh", "stability_score_thresh", "cell_diameter"}
+    # the preferred cell diameter also comes with the file loaded by path (measured after export)
+    from sam2_core import build_sam2
+
+    assert build_sam2(checkpoint=bundled_checkpoint()).recommended == model.recommended
+    assert model.recommended["cell_diameter"] == 28.0
 
 
 def test_bundled_model_on_held_out_movies(model):

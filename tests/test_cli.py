@@ -76,6 +76,20 @@ def test_track_csv_to_tiff_and_zarr(workdir, capsys):
     z = zarr.open(str(zout), mode="r")
     assert z.shape == movie.shape and z[4].max() == 0  # only frames 0..2 tracked
     assert z.attrs["napari_sam2"]["speed"] == "fast" and "(fast mode)" in capsys.readouterr().out
+    # frames enlarged 2x are tracked in windows; the labels keep the movie's size and say so
+    sout = d / "scaled.tif"
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(sout),
+                 "--model", ckpt, "--max-frames", "1", "--direction", "forward", "--scale", "2"]) == 0
+    assert tifffile.imread(sout).shape == movie.shape and {1, 2} <= set(np.unique(tifffile.imread(sout)[0]))
+    info = read_labels_info(sout)
+    assert info["scale"] == 2.0 and info["windows"] is True
+    # a model without a stored preferred diameter: a clear one-line error, exit 1
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(sout),
+                 "--model", ckpt, "--cell-diameter", "12"]) == 1
+    assert "no preferred cell diameter" in capsys.readouterr().err
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(sout),
+                 "--model", ckpt, "--scale", "2", "--no-windows"]) == 1
+    assert "windows" in capsys.readouterr().err
 
 
 def test_labels_info_in_32_bit_tiff(tmp_path):

@@ -205,6 +205,15 @@ def test_evaluate_runs_on_any_model():
                       size=64, max_objects=2, n_leaving=0, n_volumes=0)
     assert single.best_of_three_click_iou == m.best_of_three_click_iou  # same weights, same clicks
     assert 0 <= single.single_click_iou <= 1
+    # the propagated part with the cells brought to the model's preferred diameter, in windows
+    model = SAM2Model(TINY).eval()
+    kw = dict(n_movies=1, n_frames=3, size=64, max_objects=2, n_leaving=0, n_volumes=0)
+    with pytest.raises(ValueError, match="preferred cell diameter"):
+        evaluate(model, cell_diameter=True, **kw)
+    model.recommended = {"cell_diameter": 40.0}
+    scaled = evaluate(model, cell_diameter=True, **kw)
+    assert scaled.cell_diameter == 40.0 and np.isnan(single.cell_diameter)
+    assert scaled.n_tracked_objects == single.n_tracked_objects and 0 <= scaled.propagated_iou <= 1
 
 
 def test_drifting_cells_leave_the_field_and_are_scored():

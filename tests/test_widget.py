@@ -459,7 +459,7 @@ def test_speed_choice_fast_propagation_metadata_and_export(make_napari_viewer, q
     labels = viewer.layers[A.LABELS]
     assert all((labels.data[t] == 1).any() for t in range(len(m))), _errors()
     info = labels.metadata["napari_sam2"]
-    assert info == c.session.predictor.provenance() and info["speed"] == "fast"
+    assert info == c.session.provenance() and info["speed"] == "fast" and info["windows"] is False
     c.export("tiff", str(tmp_path / "labels.tif"))
     assert read_labels_info(tmp_path / "labels.tif")["speed"] == "fast"
     c.export("ctc", str(tmp_path / "01_RES"))
@@ -558,3 +558,65 @@ def test_clicks_on_a_large_single_image_go_to_native_tiles(make_napari_viewer, q
     _wait_idle(qtbot, c)
     assert len(decoded) == 1 and len(decoded[0]["point_coords"]) == 2, _errors()
     assert set(np.unique(viewer.layers[A.LABELS].data)) == set(range(len(picked) + 1))
+
+
+def test_large_stack_is_tracked_in_windows_at_its_own_scale(make_napari_viewer, qtbot):
+    """A 512 x 512 time-lapse with the bundled 256-px model: clicks and propagation work in windows
+    of the input at the recorded scale (not on frames shrunk to half), a later click keeps the
+    other objects' labels on its frame, and the cell-diameter control sets the scale."""
+    from sam2_core.build import bundled_checkpoint
+    from sam2_core.simulate_cells import simulate_cells
+    from sam2_core.track import preferred_diameter
+
+    if bundled_checkpoint() is None:
+        pytest.skip("no bundled weights in this installation")
+    sim = simulate_cells(6, (512, 512), seed=1_000_000)
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.movie, name="cells")
+    viewer.dims.current_step = (0, 0, 0)
+    w = _dock(viewer)
+    c = w.controller
+    truth0 = sim.labels[0]
+    picked = [k for k in np.unique(truth0) if k and (truth0 == k).sum() > 80][::25][:3]
+    for n, k in enumerate(picked, start=1):
+        ys, xs = np.nonzero(truth0 == k)
+        _click(c, 0, ys.mean(), xs.mean(), oid=n)
+        _wait_idle(qtbot, c)
+    labels = viewer.layers[A.LABELS]
+    assert c.session.windowed(), _errors()
+    assert c.session.state.features.encoded == 0  # the whole frame shrunk to the input never ran
+    clicked = [((labels.data[0] == n) & (truth0 == k)).sum() / ((labels.data[0] == n) | (truth0 == k)).sum()
+               for n, k in enumerate(picked, start=1)]
+    assert min(clicked) > 0.2 and np.median(clicked) > 0.6, (clicked, _errors())
+    w.direction.value = "forward"
+    w.propagate.clicked.emit()
+    _wait_idle(qtbot, c, timeout=120_000)
+    ious = []
+    for n, k in enumerate(picked, start=1):
+        fam = list(sim.descendants(k))
+        for f in range(6):
+            m, t = labels.data[f] == n, np.isin(sim.labels[f], fam)
+            if t.any():
+                ious.append((m & t).sum() / (m | t).sum())
+    assert np.median(ious) > 0.6, (np.round(ious, 2), _errors())
+    assert labels.metadata["napari_sam2"]["windows"] is True
+    assert labels.metadata["napari_sam2"]["scale"] == 1.0
+    # a new object clicked on frame 3 leaves the tracked objects' labels there
+    before = {n: int((labels.data[3] == n).sum()) for n in (1, 2, 3)}
+    other = [k for k in np.unique(sim.labels[3]) if k and k not in picked and (sim.labels[3] == k).sum() > 80][0]
+    ys, xs = np.nonzero(sim.labels[3] == other)
+    viewer.dims.current_step = (3, 0, 0)
+    _click(c, 3, ys.mean(), xs.mean(), oid=4)
+    _wait_idle(qtbot, c)
+    assert (labels.data[3] == 4).sum() > 20, _errors()
+    assert all((labels.data[3] == n).sum() >= 0.8 * before[n] for n in (1, 2, 3)), before
+    # the cell-diameter control: a model that stores its preferred diameter gets a scale
+    pref = preferred_diameter(c.session.model)
+    if pref is None:
+        w.cell_diameter.value = 12.0
+        assert any("no preferred cell diameter" in e for e in _errors())
+    else:
+        w.cell_diameter.value = pref / 2
+        assert c.session.scale == pytest.approx(2.0)
+        w.cell_diameter.value = 0.0
+        assert c.session.scale == 1.0

@@ -84,6 +84,7 @@ class Controller:
         self.axis: int | None = None
         self.model_spec = ("default", "", "auto")
         self.speed = "exact"
+        self.cell_diameter: float | None = None
         self.session: SegmentationSession | None = None
         self.object_id = 1
         self.negative = False
@@ -185,8 +186,29 @@ class Controller:
             return
         self.speed = speed
         if self.session is not None:
-            self.session = SegmentationSession(self.session.model, speed=speed)
+            self.session = SegmentationSession(self.session.model, speed=speed, cell_diameter=self.cell_diameter)
         self.status_changed(f"speed: {speed} (used from the next segmentation or propagation)")
+
+    def set_cell_diameter(self, diameter: float | None) -> None:
+        """The cells' typical diameter in pixels (0 or None: track at the recorded scale).
+
+        Frames are then resized so that cells reach the diameter the model tracks best (stored
+        with its weights) and tracked in windows of the model's input; see
+        ``sam2_core.tiled_track``. Like a speed change, the model is kept and the tracking is
+        rebuilt from the prompt layers on the next action."""
+        diameter = float(diameter) if diameter else None
+        if diameter == self.cell_diameter:
+            return
+        if self.session is not None:
+            try:
+                session = SegmentationSession(self.session.model, speed=self.speed, cell_diameter=diameter)
+            except ValueError as e:
+                self._fail(f"Cell diameter: {e}")
+                return
+            self.session = session
+        self.cell_diameter = diameter
+        self.status_changed("cell diameter: " + (f"{diameter:g} px" if diameter else "off (recorded scale)")
+                            + " (used from the next segmentation or propagation)")
 
     def set_object(self, oid: int) -> None:
         self.object_id = int(oid)
@@ -411,7 +433,10 @@ class Controller:
             finally:
                 if progress is not None:
                     progress.close()
-            self.session = SegmentationSession(model, speed=self.speed)
+            try:
+                self.session = SegmentationSession(model, speed=self.speed, cell_diameter=self.cell_diameter)
+            except ValueError as e:  # a model without a preferred cell diameter
+                raise ValueError(f"Cell diameter: {e}; set it to 0 for this model") from None
         return self.session
 
     def _prompts(self, view: L.StackView):
@@ -468,8 +493,9 @@ class Controller:
             removed = [i for i in self._tracked_ids if i not in self._all_object_ids()]
             self._tracked_ids = [i for i in ids if i not in removed]
             labels = self.labels_layer()
-            for f, lab, _ in results:
-                self._write_frame(labels, view, f, lab, sorted(set(ids) | set(removed)))
+            windowed = bool(used) and used[-1].windowed(view)
+            for f, lab, res_ids in results:  # in windows a frame's result holds only its own prompted objects
+                self._write_frame(labels, view, f, lab, sorted(set(res_ids if windowed else ids) | set(removed)))
             if results and used:
                 self._record_provenance(labels, used[-1])
             self._restyle_points()
@@ -659,7 +685,7 @@ class Controller:
     @staticmethod
     def _record_provenance(labels, session: SegmentationSession) -> None:
         """Note what produced the labels (model, speed, precision) in the layer's metadata (GUI thread)."""
-        labels.metadata = {**labels.metadata, METADATA_KEY: session.predictor.provenance()}
+        labels.metadata = {**labels.metadata, METADATA_KEY: session.provenance()}
 
     def _write_frame(self, labels, view: L.StackView, frame: int, lab: np.ndarray, ids: Sequence[int]) -> None:
         """Write one frame of results for ``ids``; other labels stay untouched (undoable)."""

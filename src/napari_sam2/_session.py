@@ -71,12 +71,22 @@ class SegmentationSession:
             (each object tracked in a window around it; see docs/engine.md).
     """
 
-    def __init__(self, model: Any, *, fill_hole_area: int = 8, speed: str = "exact") -> None:
+    def __init__(self, model: Any, *, fill_hole_area: int = 8, speed: str = "exact",
+                 cell_diameter: float | None = None) -> None:
         from sam2_core.predictor.video import SAM2VideoPredictor
+        from sam2_core.track import resolve_scale
 
         self.model = model
         self.speed = speed
         self.predictor = SAM2VideoPredictor(model, fill_hole_area=fill_hole_area, speed=speed)
+        self.cell_diameter = cell_diameter or None
+        #: frames are resized by this before tracking (from the cell diameter; 1 = as recorded)
+        self.scale = resolve_scale(model, None, self.cell_diameter)
+        self._stack = None  # (T, Y, X[, C]) view of the layer data, for windowed tracking
+        self._limits = None
+        self._tracker = None  # TiledTracker of stacks tracked in windows (large frames or a scale)
+        self._prompt_dicts: tuple[dict, dict, dict] = ({}, {}, {})
+        self._cleared: set[tuple[int, int]] = set()  # (frame, obj) whose prompts the last sync removed
         self.lock = threading.RLock()
         self.state = None
         self.view: StackView | None = None
@@ -97,10 +107,60 @@ class SegmentationSession:
             if self.state is not None:
                 self.predictor.close_state(self.state)
             self.view = view
-            self.state = self.predictor.init_state(view.stack_of(data), contrast_limits=contrast_limits)
+            self._stack, self._limits = view.stack_of(data), contrast_limits
+            if self._tracker is not None:
+                self._tracker.close()
+            self._tracker = None
+            self.state = self.predictor.init_state(self._stack, contrast_limits=contrast_limits)
             self._data_id = key
             self._applied.clear()
             return True
+
+    # --- stacks tracked in windows ---------------------------------------------------------------
+
+    def windowed(self, view: StackView | None = None) -> bool:
+        """Whether the stack is tracked in windows of the model input at the scale of its pixels
+        (frames larger than 1.25x the input, or a cell diameter set): see ``sam2_core.tiled_track``."""
+        from sam2_core.tiled_track import needs_windows
+
+        view = view or self.view
+        if view is None or view.axis is None:
+            return False
+        return self.scale != 1.0 or needs_windows(*view.frame_shape, self.model.image_size)
+
+    def tracker(self):
+        """The :class:`~sam2_core.tiled_track.TiledTracker` of the current stack (made on first use)."""
+        from sam2_core.tiled_track import TiledTracker
+
+        self._require()
+        if self._tracker is None:
+            self._tracker = TiledTracker(self.predictor, self.state.frames, scale=self.scale)
+        return self._tracker
+
+    def prompt_list(self, obj_ids: Sequence[int] | None = None) -> list:
+        """The current prompts as ``sam2_core.track.Prompt`` objects (optionally of some objects)."""
+        from sam2_core.track import Prompt
+
+        points, boxes, masks = self._prompt_dicts
+        out = []
+        for key in sorted(set(points) | set(boxes) | set(masks)):
+            frame, obj = key
+            if obj_ids is not None and obj not in obj_ids:
+                continue
+            p, m = points.get(key), masks.get(key)
+            if m is not None:
+                out.append(Prompt(frame, obj, mask=m))
+            elif p is not None or boxes.get(key) is not None:
+                out.append(Prompt(frame, obj, None if p is None else p[0], None if p is None else p[1], boxes.get(key)))
+        return out
+
+    def provenance(self) -> dict:
+        """What produces the labels: the predictor's record plus the scale and windows used."""
+        info = dict(self.predictor.provenance())
+        if self.view is not None and self.view.axis is not None:
+            info["scale"] = self.scale
+            info["windows"] = self.windowed()
+        return info
 
     # --- single large images -------------------------------------------------------------------
 
@@ -167,7 +227,7 @@ class SegmentationSession:
         """Compute (and cache) the embedding of a frame, e.g. as soon as it is shown."""
         with self.lock:
             self._require()
-            if 0 <= frame < self.state.num_frames:
+            if 0 <= frame < self.state.num_frames and not self.windowed():  # windows encode on use
                 self.state.features.get(frame)
 
     # --- prompts -----------------------------------------------------------------------------
@@ -187,6 +247,12 @@ class SegmentationSession:
         changed = []
         with self.lock:
             self._require()
+            self._prompt_dicts = (dict(points), dict(boxes), dict(masks))
+            if self.windowed():  # prompts are applied in their windows when shown or tracked
+                changed = sorted(k for k in set(self._applied) | set(wanted) if self._applied.get(k) != wanted.get(k))
+                self._cleared = set(self._applied) - set(wanted)
+                self._applied = dict(wanted)
+                return changed
             for key in sorted(set(self._applied) - set(wanted)):
                 frame, obj = key
                 if obj in self.state.objects:
@@ -218,6 +284,8 @@ class SegmentationSession:
 
         with self.lock:
             self._require()
+            if self.windowed():
+                return self._window_frame_labels(frame)
             ids = self.state.obj_ids
             if not ids:
                 return np.zeros(self.view.frame_shape, np.uint16), []
@@ -225,6 +293,20 @@ class SegmentationSession:
             return logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids)),
                                     prompted=prompted_on(self.state, ids, frame),
                                     canvas=self.predictor.canvas_hw(self.state)), ids
+
+    def _window_frame_labels(self, frame: int) -> tuple[np.ndarray, list[int]]:
+        """Labels of the objects prompted on ``frame``, from their prompts in their windows (the
+        objects of other frames keep the labels their tracking wrote)."""
+        from sam2_core.tiled_track import merge_labels
+        from sam2_core.track import labels_dtype
+
+        prompts = [p for p in self.prompt_list() if p.frame == frame]
+        ids = sorted({int(p.object_id) for p in prompts} | {k[1] for k in self._cleared if k[0] == frame})
+        if not prompts:
+            return np.zeros(self.view.frame_shape, np.uint16), ids
+        tracker = self.tracker()
+        results = tracker.preview(frame, prompts)
+        return merge_labels(results, tracker.hw, labels_dtype(max(ids)), tracker.prompted(frame)), ids
 
     def remove_object(self, obj_id: int) -> None:
         with self.lock:
@@ -255,8 +337,11 @@ class SegmentationSession:
             self._require()
             if self.view.axis is None:
                 raise ValueError("this image is 2-D: there is nothing to propagate along (segment it instead)")
-            if not self.state.objects:
+            if not self.state.objects and not self.prompt_list():
                 raise ValueError("no prompts yet: click on an object first")
+        if self.windowed():
+            yield from self._propagate_windows(direction, start, max_frames, obj_ids)
+            return
         passes = [(False,), (True,)] if direction == "both" else [(direction == "backward",)]
         seen: set[int] = set()
         for (reverse,) in passes:
@@ -276,12 +361,46 @@ class SegmentationSession:
                                            canvas=self.predictor.canvas_hw(self.state))
                 yield f, lab, ids
 
+    def _propagate_windows(self, direction: str, start: int | None, max_frames: int | None,
+                           obj_ids: Sequence[int] | None) -> Iterator[tuple[int, np.ndarray, list[int]]]:
+        """:meth:`propagate` of a stack tracked in windows (``sam2_core.tiled_track``)."""
+        from sam2_core.tiled_track import merge_labels
+        from sam2_core.track import labels_dtype
+
+        with self.lock:
+            prompts = self.prompt_list(obj_ids)
+            if not prompts:
+                raise ValueError("no prompts for the chosen objects: click on an object first")
+            tracker = self.tracker()
+        ids = sorted({int(p.object_id) for p in prompts})
+        dtype = labels_dtype(max(ids))
+        if start is None:
+            start = min(int(p.frame) for p in prompts)
+        passes = [False, True] if direction == "both" else [direction == "backward"]
+        seen: set[int] = set()
+        for reverse in passes:
+            with self.lock:
+                gen = tracker.run(prompts, start, reverse, max_frames)
+            while True:
+                with self.lock:
+                    try:
+                        f, results = next(gen)
+                    except StopIteration:
+                        break
+                    if f in seen:
+                        continue
+                    seen.add(f)
+                    lab = merge_labels(results, tracker.hw, dtype, tracker.prompted(f))
+                yield f, lab, ids
+
     def frames_in(self, direction: str, start: int | None, max_frames: int | None) -> int:
         """How many frames a propagation will yield (for progress bars)."""
         n = self.state.num_frames
-        if start is None:
+        if start is None and self.windowed():
+            start = min((int(p.frame) for p in self.prompt_list()), default=0)
+        elif start is None:
             start = min((t for o in self.state.objects.values() for t in o.prompt_frames()), default=0)
         k = n if max_frames is None else max_frames
         fwd = min(start + k, n - 1) - start + 1
-        bwd = start - max(start - k, 0) + 1 if start > 0 else 0
+        bwd = start - max(start - k, 0) + 1 if start > 0 or self.windowed() else 0
         return {"forward": fwd, "backward": bwd, "both": fwd + max(bwd - 1, 0)}[direction]

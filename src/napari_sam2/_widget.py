@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton, SpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QSizePolicy
 
 from napari_sam2 import _actions as A
 from napari_sam2._layers import OBJECT_ID, POSITIVE
-from napari_sam2.cli import SPEED_HELP
+from napari_sam2.cli import CELL_DIAMETER_HELP, SPEED_HELP
 
 if TYPE_CHECKING:
     import napari
@@ -72,6 +72,8 @@ class SAM2Widget(Container):
         self.n_frames = SpinBox(label="Frames (0 = all)", min=0, max=10**7, value=0,
                                 tooltip="how many frames to track in each direction")
         self.speed = ComboBox(label="Speed", choices=SPEEDS, value="exact", tooltip=SPEED_HELP)
+        self.cell_diameter = FloatSpinBox(label="Cell diameter (px)", min=0.0, max=10000.0, step=1.0, value=0.0,
+                                          tooltip=CELL_DIAMETER_HELP)
         self.propagate = PushButton(text="Propagate [Shift+P]",
                                     tooltip="track the objects through the stack, frame by frame [Shift+P]")
         self.cancel = PushButton(text="Cancel [Esc]", enabled=False,
@@ -97,7 +99,7 @@ class SAM2Widget(Container):
             self.image, self.axis, self.model, self.checkpoint, self.device, self.object_id, self.negative,
             row(self.new_object, self.delete_object),
             row(self.segment, self.draw_boxes),
-            self.direction, self.all_objects, self.n_frames, self.speed,
+            self.direction, self.all_objects, self.n_frames, self.speed, self.cell_diameter,
             row(self.propagate, self.cancel),
             row(self.segment_all, self.track_all),
             self.output, self.labels_prompts, self.tracks,
@@ -115,6 +117,7 @@ class SAM2Widget(Container):
         for w in (self.model, self.checkpoint, self.device):
             w.changed.connect(lambda *_: c.set_model(self.model.value, self._checkpoint_path(), self.device.value))
         self.speed.changed.connect(lambda v: c.set_speed(v))
+        self.cell_diameter.changed.connect(lambda v: c.set_cell_diameter(v))
         self.object_id.changed.connect(lambda v: c.set_object(v))
         self.negative.changed.connect(lambda v: c.set_negative(v))
         self.new_object.changed.connect(lambda: self.object_id.set_value(c.new_object()))

@@ -21,11 +21,13 @@ from napari_sam2._actions import Controller
 
 
 def _controller(viewer, image_layer, points_layer=None, labels_layer=None, *, model="default",
-                checkpoint=None, device="auto", axis=None, speed=None) -> Controller:
+                checkpoint=None, device="auto", axis=None, speed=None, cell_diameter=None) -> Controller:
     c = Controller(viewer, notify=False, threaded=False)
     c.set_model(model, checkpoint or "", device)
     if speed is not None:
         c.set_speed(speed)
+    if cell_diameter:
+        c.set_cell_diameter(cell_diameter)
     c.set_image(image_layer, axis)
     if points_layer is not None and points_layer.name != "SAM2 prompts":
         prompts = c.prompts_layer()
@@ -60,6 +62,9 @@ def propagate(viewer, image_layer, points_layer=None, labels_layer=None, *, dire
     "current" the frame the viewer shows.
     ``speed``: "exact" (Meta's computation) or "fast" (each object tracked in a window around it;
     its measured agreement with exact is in docs/engine.md); None keeps the default, exact.
+    ``cell_diameter`` (keyword, also for :func:`segment`): the cells' typical diameter in pixels;
+    frames are resized so that cells reach the size the model tracks best and tracked in windows
+    of its input (frames larger than 1.25x the input always are). Default: the recorded scale.
     """
     c = _controller(viewer, image_layer, points_layer, labels_layer, speed=speed, **kwargs)
     try:

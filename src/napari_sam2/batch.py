@@ -7,7 +7,9 @@ Manifest (CSV with a header, or YAML: a list of mappings, or ``{jobs: [...]}``),
 - ``out`` (required): labels output, ``.tif``/``.tiff`` (ImageJ) or ``.zarr``;
 - ``prompts``: CSV/JSON prompts file (see :mod:`napari_sam2.prompts_io`); without it the job seeds
   every object automatically (``auto``);
-- optional ``seed_frame``, ``direction``, ``max_frames``, ``model``, ``channels`` (e.g. ``0 2``).
+- optional ``seed_frame``, ``direction``, ``max_frames``, ``model``, ``channels`` (e.g. ``0 2``),
+  ``cell_diameter`` (px: frames are resized so that cells reach the size the model tracks best;
+  see :func:`sam2_core.track.track`).
 
 A job whose ``out`` exists is skipped (outputs are written under a temporary name and renamed,
 so an existing output is a finished one); a failing job is reported and the others go on.
@@ -23,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-_FIELDS = ("movie", "out", "prompts", "seed_frame", "direction", "max_frames", "model", "channels")
+_FIELDS = ("movie", "out", "prompts", "seed_frame", "direction", "max_frames", "model", "channels", "cell_diameter")
 
 
 class ManifestError(ValueError):
@@ -40,6 +42,7 @@ class Job:
     max_frames: int | None = None
     model: str | None = None
     channels: list[int] | None = None
+    cell_diameter: float | None = None
 
 
 @dataclass
@@ -81,6 +84,7 @@ def _job(row: dict[str, Any], base: Path, where: str) -> Job:
             max_frames=int(row["max_frames"]) if "max_frames" in row else None,
             model=str(row["model"]) if "model" in row else None,
             channels=[int(c) for c in channels] if channels is not None else None,
+            cell_diameter=float(row["cell_diameter"]) if "cell_diameter" in row else None,
         )
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{where}: {e}") from None
@@ -126,7 +130,7 @@ def run_job(job: Job, model: str = "default", device: str | None = None, threads
     try:
         import numpy as np
 
-        from napari_sam2.cli import _build, _write_labels
+        from napari_sam2.cli import _build, _write_labels, window_provenance
         from napari_sam2.prompts_io import check_prompts, read_prompts
         from sam2_core.io import FrameSource
         from sam2_core.predictor.video import SAM2VideoPredictor
@@ -144,13 +148,14 @@ def run_job(job: Job, model: str = "default", device: str | None = None, threads
         if job.prompts:
             prompts = read_prompts(job.prompts)
             check_prompts(prompts, source.num_frames, source.height, source.width)
-            labels = track(source, prompts, model=predictor, direction=job.direction, max_frames=job.max_frames)
+            labels = track(source, prompts, model=predictor, direction=job.direction, max_frames=job.max_frames,
+                           cell_diameter=job.cell_diameter)
         else:
             from sam2_core.automatic import track_all
 
             labels = track_all(source, job.seed_frame, model=predictor, direction=job.direction,
-                               max_frames=job.max_frames)
-        _write_labels(out, labels, predictor.provenance())
+                               max_frames=job.max_frames, cell_diameter=job.cell_diameter)
+        _write_labels(out, labels, window_provenance(predictor, source, None, job.cell_diameter))
         return JobResult(job.movie, job.out, "done", time.perf_counter() - t0, len(np.unique(labels)) - 1)
     except Exception as e:  # reported, the batch goes on
         return JobResult(job.movie, job.out, "failed", time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")

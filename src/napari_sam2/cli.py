@@ -47,6 +47,24 @@ SPEED_HELP = ("exact: Meta's computation, every object attends over the whole im
               "truth 0.787 (exact: 0.805); 100 cells at 1024 cost 1.24x one cell in exact mode. "
               "Details in docs/engine.md")
 
+CELL_DIAMETER_HELP = ("the cells' (nuclei's) typical diameter in pixels: frames are resized so that cells reach "
+                      "the diameter the model tracks best (stored with its weights) and tracked in windows of "
+                      "the model's input; masks come back at the movie's own size. 0: the recorded scale "
+                      "(frames larger than 1.25x the input are still tracked in windows)")
+
+
+def window_provenance(predictor, source, scale: float | None, cell_diameter: float | None,
+                      windows: bool = True) -> dict:
+    """The predictor's provenance plus the frame scale and whether frames were tracked in windows."""
+    from sam2_core.tiled_track import needs_windows
+    from sam2_core.track import resolve_scale
+
+    info = dict(predictor.provenance())
+    info["scale"] = resolve_scale(predictor.model, scale, cell_diameter)
+    info["windows"] = windows and (info["scale"] != 1.0 or needs_windows(source.height, source.width,
+                                                                           predictor.model.image_size))
+    return info
+
 
 def _speed_help() -> str:
     return SPEED_HELP.replace("%", "%%") + " (default: %(default)s)"
@@ -114,14 +132,16 @@ def _cmd_track(args: argparse.Namespace) -> int:
 
             labels = track_all(source, args.seed_frame, model=predictor, direction=args.direction,
                                max_frames=args.max_frames, fill_holes=args.fill_holes, min_size=args.min_size,
-                               progress=progress)
+                               progress=progress, scale=args.scale, cell_diameter=args.cell_diameter,
+                               windows=False if args.no_windows else None)
         else:
             labels = track(source, prompts, model=predictor, direction=args.direction, max_frames=args.max_frames,
                            fill_holes=args.fill_holes, min_size=args.min_size,
-                           embedding_cache=args.embedding_cache, progress=progress)
+                           embedding_cache=args.embedding_cache, progress=progress, scale=args.scale,
+                           cell_diameter=args.cell_diameter, windows=False if args.no_windows else None)
     finally:
         bar.close()
-    info = predictor.provenance()
+    info = window_provenance(predictor, source, args.scale, args.cell_diameter, not args.no_windows)
     _write_labels(out, labels, info)
     print(f"{out}: {len(np.unique(labels)) - 1} objects over {labels.shape[0]} frames ({args.speed} mode)")
     if args.ctc:
@@ -293,7 +313,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from sam2_core.train.evaluate import evaluate
 
     model = _build(args.model, args.device)
-    m = evaluate(model, n_movies=args.movies, n_frames=args.frames, size=args.size, progress=not args.json)
+    m = evaluate(model, n_movies=args.movies, n_frames=args.frames, size=args.size, progress=not args.json,
+                 cell_diameter=args.cell_diameter)
     if args.json:
         print(json.dumps(m.as_dict()))
     else:
@@ -376,6 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fill-holes", type=int, default=0, help="fill holes up to N pixels per object")
     t.add_argument("--min-size", type=int, default=0, help="drop fragments smaller than N pixels")
     t.add_argument("--embedding-cache", default=None, help="folder of precomputed embeddings (see embed)")
+    t.add_argument("--scale", type=float, default=None,
+                   help="resize the frames by this factor before tracking (e.g. 2 for nuclei half the size "
+                        "the model knows); masks are written at the movie's own size")
+    t.add_argument("--cell-diameter", type=float, default=None, help=CELL_DIAMETER_HELP.replace("0: the", "default: the"))
+    t.add_argument("--no-windows", action="store_true",
+                   help="resize whole frames to the model input (Meta's way) instead of tracking frames "
+                        "larger than 1.25x the input in windows at their own scale")
     t.add_argument("--ctc", default=None, help="also write a Cell Tracking Challenge result folder here")
     t.add_argument("--csv", default=None, help="also write per-object, per-frame measurements (CSV) here")
     t.set_defaults(func=_cmd_track)
@@ -454,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--size", type=int, default=256, help="frame side in pixels")
     ev.add_argument("--device", default=None)
     ev.add_argument("--json", action="store_true", help="print one JSON line")
+    ev.add_argument("--cell-diameter", action="store_true",
+                    help="track each movie with its true nucleus diameter given (as --cell-diameter in track), "
+                         "in windows at the model's preferred diameter")
     ev.set_defaults(func=_cmd_evaluate)
 
     m = sub.add_parser("models", help="list, download or import model weights")

@@ -19,6 +19,10 @@ DEFAULT_MODEL = "default"
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
 #: Architecture of "default" (the bundled weights store it too).
 _FALLBACK_DEFAULT = DEFAULT_CONFIG
+#: Usage settings measured for the bundled weights after they were exported (a file's own
+#: ``"recommended"`` entries win; the next export stores these in the file):
+#: ``cell_diameter``: the nucleus diameter (px) the model tracks best (docs/model-card.md).
+BUNDLED_RECOMMENDED: dict[str, float] = {"cell_diameter": 28.0}
 
 
 def list_models() -> list[str]:
@@ -127,5 +131,8 @@ def build_sam2(
     model = SAM2Model(config)
     if state is not None:
         load_into(model, state, source)
+    bundled = bundled_checkpoint()
+    if checkpoint is not None and bundled is not None and Path(checkpoint).resolve() == bundled.resolve():
+        recommended = {**BUNDLED_RECOMMENDED, **recommended}
     model.recommended = recommended
     return model.eval().to(select_device(device))

@@ -163,6 +163,16 @@ def clean_labels(frame: np.ndarray, fill_holes: int, min_size: int) -> np.ndarra
     return out
 
 
+def passes(prompts: Sequence[Prompt], direction: str) -> list[tuple[int, bool]]:
+    """(start frame, reverse) of each propagation pass: forward from the earliest prompted frame,
+    backward from the latest, both = forward then backward from the earliest."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    frames = [int(p.frame) for p in prompts]
+    return {"forward": [(min(frames), False)], "backward": [(max(frames), True)],
+            "both": [(min(frames), False), (min(frames), True)]}[direction]
+
+
 def track_iter(
     predictor,
     state,
@@ -179,17 +189,13 @@ def track_iter(
     to the start, both = forward then backward from the earliest prompted frame. A frame
     already yielded is not yielded again.
     """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     prompts = as_prompts(prompts)
+    plan = passes(prompts, direction)
     apply_prompts(predictor, state, prompts)
-    frames = [int(p.frame) for p in prompts]
     dtype = labels_dtype(max(int(p.object_id) for p in prompts))
     hw = (state.video_height, state.video_width)
-    passes = {"forward": [(min(frames), False)], "backward": [(max(frames), True)],
-              "both": [(min(frames), False), (min(frames), True)]}[direction]
     seen: set[int] = set()
-    for start, reverse in passes:
+    for start, reverse in plan:
         for f, ids, low in predictor.propagate_low_res(state, start, max_frames, reverse):
             if f in seen:
                 continue
@@ -216,6 +222,9 @@ def track(
     out: Any = None,
     progress: Callable[[int, int], None] | None = None,
     speed: str | None = None,
+    scale: float | None = None,
+    cell_diameter: float | None = None,
+    windows: bool | None = None,
 ) -> Any:
     """Track prompted objects through a stack; returns (T, Y, X) labels of object ids.
 
@@ -231,28 +240,79 @@ def track(
         progress: called as ``progress(done, total)`` after each frame.
         speed: "exact" (default) or "fast" (local windows; see ``SAM2VideoPredictor``); None
             keeps a given predictor's own mode.
+        scale: resize the frames by this factor before tracking (e.g. 2 for nuclei half the
+            size the model knows); masks come back at the recorded size.
+        cell_diameter: the cells' typical diameter in recorded pixels; sets ``scale`` so that
+            they reach the diameter the model tracks best (:func:`preferred_diameter`).
+        windows: track in windows of the model's input at the (scaled) pixel scale
+            (:class:`sam2_core.tiled_track.TiledTracker`). None (default): when the scaled frame
+            is larger than 1.25x the input, or a scale other than 1 is asked for; False: resize
+            whole frames to the input (Meta's way).
     """
     from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.tiled_track import TiledTracker, iter_labels, needs_windows
 
     predictor = _as_predictor(model, device, speed)
-    state = predictor.init_state(frames, contrast_limits=contrast_limits, channels=channels,
-                                 channel_axis=channel_axis, embedding_cache=embedding_cache)
     prompts = as_prompts(prompts)
+    factor = resolve_scale(predictor.model, scale, cell_diameter)
+    if windows is None or windows:
+        tracker = TiledTracker(predictor, frames, scale=factor, contrast_limits=contrast_limits, channels=channels,
+                               channel_axis=channel_axis, embedding_cache=embedding_cache)
+        if windows is None and factor == 1.0 and not needs_windows(*tracker.hw, predictor.image_size):
+            frames, tracker = tracker.source, None  # the whole frame fits the input: Meta's way
+    else:
+        if factor != 1.0:
+            raise ValueError("scale / cell_diameter need windows=True or None (frames are tracked in windows)")
+        tracker = None
+    if tracker is None:
+        state = predictor.init_state(frames, contrast_limits=contrast_limits, channels=channels,
+                                     channel_axis=channel_axis, embedding_cache=embedding_cache)
+        n, hw = state.num_frames, (state.video_height, state.video_width)
+        labels = track_iter(predictor, state, prompts, direction=direction, max_frames=max_frames,
+                            fill_holes=fill_holes, min_size=min_size)
+        close = lambda: predictor.close_state(state) if isinstance(predictor, SAM2VideoPredictor) else None  # noqa: E731
+    else:
+        n, hw = tracker.num_frames, tracker.hw
+        labels = iter_labels(tracker, prompts, direction=direction, max_frames=max_frames,
+                             fill_holes=fill_holes, min_size=min_size)
+        close = tracker.close
     if out is None:
-        dtype = labels_dtype(max(int(p.object_id) for p in prompts))
-        out = np.zeros((state.num_frames, state.video_height, state.video_width), dtype)
-    total = state.num_frames if max_frames is None else min(state.num_frames, max_frames + 1)
+        out = np.zeros((n, *hw), labels_dtype(max(int(p.object_id) for p in prompts)))
+    total = n if max_frames is None else min(n, max_frames + 1)
     try:
-        for done, (f, lab) in enumerate(track_iter(predictor, state, prompts, direction=direction,
-                                                   max_frames=max_frames, fill_holes=fill_holes,
-                                                   min_size=min_size), start=1):
+        for done, (f, lab) in enumerate(labels, start=1):
             out[f] = lab
             if progress is not None:
                 progress(done, total)
     finally:
-        if isinstance(predictor, SAM2VideoPredictor):
-            predictor.close_state(state)
+        close()
     return out
+
+
+def preferred_diameter(model: Any) -> float | None:
+    """The cell diameter (model-input pixels) a model tracks best, stored with its weights
+    (``model.recommended["cell_diameter"]``); None if unknown."""
+    value = (getattr(model, "recommended", None) or {}).get("cell_diameter")
+    return float(value) if value else None
+
+
+def resolve_scale(model: Any, scale: float | None, cell_diameter: float | None) -> float:
+    """The frame scale from ``scale`` or ``cell_diameter`` (default 1)."""
+    if scale is not None and cell_diameter is not None:
+        raise ValueError("give scale or cell_diameter, not both")
+    if cell_diameter is not None:
+        if not np.isfinite(cell_diameter) or cell_diameter <= 0:
+            raise ValueError(f"cell_diameter must be a positive number of pixels, got {cell_diameter}")
+        pref = preferred_diameter(model)
+        if pref is None:
+            raise ValueError("this model stores no preferred cell diameter (recommended['cell_diameter']): "
+                             "give scale= instead (e.g. 2.0 to enlarge the frames 2x)")
+        return pref / float(cell_diameter)
+    if scale is None:
+        return 1.0
+    if not np.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    return float(scale)
 
 
 def _as_predictor(model: Any, device: str | None, speed: str | None = None):

@@ -421,18 +421,32 @@ class SAM2VideoPredictor:
         order = self.frame_order(state, start_frame_idx, max_frame_num_to_track, reverse)
         for i, f in enumerate(order):
             state.features.prefetch(order[i + 1 : i + 1 + self.read_ahead])
-            objs = chosen
-            to_track = [o for o in objs if f not in o.cond]
-            if to_track and self.batch_objects:
-                self._track_frame(state, to_track, f, reverse)
-            else:
-                for o in to_track:
-                    self._track_frame(state, [o], f, reverse)
-            for o in objs:
-                o.tracked[f] = reverse
-                self._evict(o, f, reverse)
-            low = torch.cat([o.output(f).pred_masks.to(state.device) for o in objs])
-            yield f, [o.obj_id for o in objs], low
+            yield f, [o.obj_id for o in chosen], self._propagate_frame(state, chosen, f, reverse)
+
+    @torch.inference_mode()
+    def track_step(self, state: VideoState, frame_idx: int, reverse: bool = False
+                   ) -> tuple[int, list[int], torch.Tensor]:
+        """One step of :meth:`propagate_low_res` on one frame, for callers that drive the frame
+        order themselves (``reverse`` is the direction of travel: which neighbours are memory).
+        Unlike Meta's propagation it also tracks frame 0 in reverse. Returns (frame_idx,
+        obj_ids, low-res logits (N, 1, S/4, S/4))."""
+        self.propagate_in_video_preflight(state)
+        f = self._check_frame(state, frame_idx)
+        objs = list(state.objects.values())
+        return f, [o.obj_id for o in objs], self._propagate_frame(state, objs, f, reverse)
+
+    def _propagate_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> torch.Tensor:
+        """Track the objects not prompted on frame f; every object's low-res logits on f."""
+        to_track = [o for o in objs if f not in o.cond]
+        if to_track and self.batch_objects:
+            self._track_frame(state, to_track, f, reverse)
+        else:
+            for o in to_track:
+                self._track_frame(state, [o], f, reverse)
+        for o in objs:
+            o.tracked[f] = reverse
+            self._evict(o, f, reverse)
+        return torch.cat([o.output(f).pred_masks.to(state.device) for o in objs])
 
     def _encode_prompt_memory(self, state: VideoState, obj: ObjectState, f: int, out: FrameOutput) -> None:
         """Memory of a prompt result, encoded on the whole grid; fast mode keeps its window."""

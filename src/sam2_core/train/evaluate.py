@@ -57,6 +57,7 @@ class Metrics:
     volume_iou: float = float("nan")
     volume_absent_accuracy: float = float("nan")
     n_volume_objects: int = 0
+    cell_diameter: float = float("nan")  # the propagated part brought cells to this diameter (nan: no)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -174,15 +175,26 @@ def _volumes(video_pred, n_volumes: int, n_slices: int, size: int, max_objects: 
 
 def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_objects: int = 8,
              seed: int = HELD_OUT_SEED, progress: bool = False, n_leaving: int = 2,
-             leaving_seed: int = LEAVING_SEED, n_volumes: int = 2, volume_seed: int = VOLUME_SEED) -> Metrics:
+             leaving_seed: int = LEAVING_SEED, n_volumes: int = 2, volume_seed: int = VOLUME_SEED,
+             cell_diameter: bool = False) -> Metrics:
     """Measure a model (``SAM2Model``) on ``n_movies`` held-out simulated movies (and the
     object-score accuracy on ``n_leaving`` movies of drifting cells, ``min(n_frames, 30)`` frames,
-    and the tracking of nuclei through ``n_volumes`` volumes of 32 slices)."""
+    and the tracking of nuclei through ``n_volumes`` volumes of 32 slices).
+
+    ``cell_diameter``: the propagated part tracks each movie as ``track(cell_diameter=...)`` does,
+    given the movie's true nucleus diameter (the simulator's mean radius range, doubled), in
+    windows (:class:`sam2_core.tiled_track.TiledTracker`); needs the model's preferred diameter."""
     from sam2_core.predictor.image import SAM2ImagePredictor
     from sam2_core.predictor.video import SAM2VideoPredictor
 
+    from sam2_core.track import preferred_diameter
+
     image_pred = SAM2ImagePredictor(model)
     video_pred = SAM2VideoPredictor(model)
+    preferred = preferred_diameter(model)
+    if cell_diameter and preferred is None:
+        raise ValueError("cell_diameter=True needs a model that stores its preferred cell diameter "
+                         "(recommended['cell_diameter'])")
     clicks, clicks3, tracked, absent, divided = [], [], [], [], []
     frames_done, seconds = 0, 0.0
     for i in range(n_movies):
@@ -202,17 +214,13 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         objs = _objects(sim, 0, max_objects, rng)
         if not objs:
             continue
-        state = video_pred.init_state(sim.movie)
-        for cid in objs:
-            pt = P.click_inside(sim.labels[0] == cid, rng, central=True)
-            video_pred.add_new_points_or_box(state, 0, cid, points=pt, labels=[1])
+        first = {cid: P.click_inside(sim.labels[0] == cid, rng, central=True) for cid in objs}
         families = {cid: sim.descendants(cid) for cid in objs}
         ends = {int(t[0]): int(t[2]) for t in sim.tracks}
         per_obj: dict[int, list[float]] = {c: [] for c in objs}
         after_div: dict[int, list[float]] = {}
         t0 = time.perf_counter()
-        for f, ids, logits in video_pred.propagate_in_video(state):
-            masks = logits[:, 0].numpy() > 0
+        for f, ids, masks in _propagated(video_pred, sim, first, preferred if cell_diameter else None):
             for cid, m in zip(ids, masks):
                 truth = np.isin(sim.labels[f], list(families[cid]))
                 if truth.any():
@@ -223,7 +231,6 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
                     absent.append(float(not m.any()))
             frames_done += 1
         seconds += time.perf_counter() - t0
-        video_pred.close_state(state)
         tracked += [float(np.mean(v)) for v in per_obj.values() if v]
         divided += [float(np.mean(v)) for v in after_div.values()]
         if progress:
@@ -240,7 +247,33 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
     mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
     return Metrics(med(clicks), med(tracked), mean(absent), med(divided), mean(shown),
                    len(clicks), len(tracked), len(absent), n_leaving_cells, len(divided),
-                   seconds / max(frames_done, 1), med(clicks3), med(vol_ious), mean(vol_absent), len(vol_ious))
+                   seconds / max(frames_done, 1), med(clicks3), med(vol_ious), mean(vol_absent), len(vol_ious),
+                   float(preferred) if cell_diameter else float("nan"))
+
+
+def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], preferred: float | None):
+    """Yield (frame, object ids, (N, H, W) bool masks) of the clicked cells tracked from frame 0:
+    on the whole frame, or (``preferred``) in windows with the cells brought to that diameter."""
+    if preferred is None:
+        state = video_pred.init_state(sim.movie)
+        for cid, pt in clicks.items():
+            video_pred.add_new_points_or_box(state, 0, cid, points=pt, labels=[1])
+        try:
+            for f, ids, logits in video_pred.propagate_in_video(state):
+                yield f, ids, logits[:, 0].numpy() > 0
+        finally:
+            video_pred.close_state(state)
+        return
+    from sam2_core.tiled_track import TiledTracker
+
+    lo, hi = sim.params["radius"]
+    tracker = TiledTracker(video_pred, sim.movie, scale=preferred / (lo + hi))
+    try:
+        prompts = [dict(frame=0, object_id=cid, points=pt, labels=[1]) for cid, pt in clicks.items()]
+        for f, results in tracker.run(prompts, 0):
+            yield f, [r.obj_id for r in results], [r.full_mask(tracker.hw) for r in results]
+    finally:
+        tracker.close()
 
 
 CALIBRATION_SEED = 30_000  # calibration images: neither training (1_000_001+) nor held-out (10_000+)
