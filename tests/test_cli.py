@@ -168,6 +168,20 @@ def test_segment_and_embed(workdir, tmp_path, capsys):
     assert "5 computed" in capsys.readouterr().out
     assert main(["embed", str(d / "movie.tif"), "--cache", str(tmp_path / "emb"), "--model", ckpt]) == 0
     assert "0 computed" in capsys.readouterr().out
+    # track reads them: no frame is encoded again (the cache gains no file)
+    files = sorted((tmp_path / "emb").iterdir())
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(tmp_path / "o.tif"),
+                 "--model", ckpt, "--embedding-cache", str(tmp_path / "emb")]) == 0
+    assert sorted((tmp_path / "emb").iterdir()) == files
+    # frames tracked in windows (here: enlarged 2x) are embedded per window, and tracking reads them
+    emb2 = tmp_path / "emb2"
+    assert main(["embed", str(d / "movie.tif"), "--cache", str(emb2), "--model", ckpt, "--scale", "2"]) == 0
+    assert "in 1 window(s) at scale 2" in capsys.readouterr().out
+    files = sorted(emb2.iterdir())
+    assert len(files) == len(movie)
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(tmp_path / "o2.tif"),
+                 "--model", ckpt, "--embedding-cache", str(emb2), "--scale", "2"]) == 0
+    assert sorted(emb2.iterdir()) == files
 
 
 def test_automatic_segment_with_the_bundled_model_finds_the_nuclei(tmp_path, capsys):

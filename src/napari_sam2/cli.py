@@ -247,22 +247,36 @@ def _read_image(path: Path):
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     from sam2_core.io import FrameSource
-    from sam2_core.predictor.features import FeatureCache
+    from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.tiled_track import TiledTracker, needs_windows
+    from sam2_core.track import resolve_scale
 
     source = FrameSource(args.movie, channels=args.channels)
     model = _build(args.model, args.device)
-    cache = FeatureCache(source, model, capacity=1, read_ahead=2, disk_cache=args.cache)
+    # the caches track will open: the same predictor settings (precision), the same windows
+    predictor = SAM2VideoPredictor(model, feature_cache_size=1)
+    factor = resolve_scale(model, args.scale, args.cell_diameter)
+    tracker = None
+    if not args.no_windows and (factor != 1.0 or needs_windows(source.height, source.width, model.image_size)):
+        tracker = TiledTracker(predictor, source, scale=factor, embedding_cache=args.cache)
+        caches = tracker.feature_caches()
+    else:
+        caches = [predictor.init_state(source, embedding_cache=args.cache).features]
     bar = _progress_bar(source.num_frames, "embedding")
     try:
         for i in range(source.num_frames):
-            cache.prefetch(range(i + 1, i + 3))
-            cache.get(i)
+            for cache in caches:
+                cache.prefetch(range(i + 1, i + 3))
+                cache.get(i)
             bar.update(1)
     finally:
         bar.close()
-        cache.close()
-    print(f"{args.cache}: embeddings of {source.num_frames} frames ({cache.encoded} computed, "
-          f"{source.num_frames - cache.encoded} already cached)")
+        for cache in caches:
+            cache.close()
+    done = sum(c.encoded for c in caches)
+    where = f" in {len(caches)} window(s) at scale {factor:g}" if tracker is not None else ""
+    print(f"{args.cache}: embeddings of {source.num_frames} frames{where} ({done} computed, "
+          f"{source.num_frames * len(caches) - done} already cached)")
     return 0
 
 
@@ -433,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", default="default")
     e.add_argument("--device", default=None)
     e.add_argument("--channels", type=int, nargs="+", default=None)
+    e.add_argument("--scale", type=float, default=None, help="as for track: give track the same value")
+    e.add_argument("--cell-diameter", type=float, default=None, help="as for track: give track the same value")
+    e.add_argument("--no-windows", action="store_true", help="as for track: give track the same option")
     e.set_defaults(func=_cmd_embed)
 
     b = sub.add_parser("batch", help="track every movie of a manifest (CSV/YAML), locally or on Dask")

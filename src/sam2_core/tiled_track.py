@@ -277,6 +277,11 @@ class TiledTracker:
         if not state.objects:
             self.predictor.close_state(self.states.pop(w))
 
+    def feature_caches(self) -> list:
+        """Every window's image-feature cache (opening a state per window): to fill an on-disk
+        embedding cache ahead of tracking (``napari-sam2 embed``)."""
+        return [self._state(w).features for w in range(len(self.windows))]
+
     def close(self) -> None:
         """Release every window's caches."""
         for state in self.states.values():
