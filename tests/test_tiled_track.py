@@ -173,6 +173,13 @@ def test_prompts_join_on_their_frame_and_corrections_move_objects(model):
     tracker.close()
     with pytest.raises(IndexError, match="outside the stack"):
         list(tracker.run([Prompt(40, 1, [[110, 80]], [1])], 0))
+    # clicks off the frame are refused (not moved into a window), before anything is tracked
+    for bad in ([[-20, 80]], [[110, 400]], [[float("nan"), 3]]):
+        with pytest.raises(ValueError, match="outside|NaN"):
+            list(tracker.run([Prompt(0, 1, [[110, 80]], [1]), Prompt(3, 2, bad, [1])], 0))
+    with pytest.raises(ValueError, match="outside"):
+        tracker.preview(0, [Prompt(0, 1, box=[100, 70, 120, 900])])
+    assert list(tracker.run([Prompt(0, 1, [[110, 80]], [1])], 0, max_frames=1))  # still usable
 
 
 def test_track_step_tracks_frame_zero_in_reverse(model):

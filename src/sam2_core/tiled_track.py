@@ -296,8 +296,23 @@ class TiledTracker:
         self.home.clear()
         self._user = set()
 
+    def _check(self, prompts: Sequence[Any]) -> None:
+        """Clicks and boxes must lie in the recorded frame (as the predictor requires)."""
+        h, w = self.hw
+        for p in prompts:
+            pts = [np.asarray(p.points, np.float64).reshape(-1, 2)] if p.points is not None else []
+            if p.box is not None:
+                pts.append(np.asarray(p.box, np.float64).reshape(-1, 2))
+            for xy in pts:
+                if not np.isfinite(xy).all():
+                    raise ValueError(f"object {p.object_id}, frame {p.frame}: points contain NaN or infinite values")
+                if (xy < -0.5).any() or (xy[:, 0] > w - 0.5).any() or (xy[:, 1] > h - 0.5).any():
+                    raise ValueError(f"object {p.object_id}, frame {p.frame}: points {xy.tolist()} fall outside "
+                                     f"the {w}x{h} (x by y) frame")
+
     def _apply(self, w: int, frame: int, prompts: Sequence[Any]) -> None:
         """An object's prompts on one frame, in window ``w`` (which becomes its home)."""
+        self._check(prompts)
         obj = int(prompts[0].object_id)
         if self.home.get(obj, w) != w:
             self._drop(obj)
@@ -413,6 +428,9 @@ class TiledTracker:
         bad = [f for f in pending if not 0 <= f < self.num_frames]
         if bad:
             raise IndexError(f"prompts on frames {sorted(bad)} are outside the stack (0 .. {self.num_frames - 1})")
+        for by_obj in pending.values():
+            for group in by_obj.values():
+                self._check(group)
         if not 0 <= start < self.num_frames:
             raise IndexError(f"start frame {start} is outside the stack (0 .. {self.num_frames - 1})")
         self.reset()
