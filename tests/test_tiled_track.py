@@ -154,6 +154,14 @@ def test_scale_and_cell_diameter(model):
     for bad in (0, -1, float("nan")):
         with pytest.raises(ValueError, match="positive"):
             resolve_scale(model, bad, None)
+    with pytest.raises(ValueError, match="outside"):
+        resolve_scale(model, 40.0, None)
+    model.recommended = {**saved, "cell_diameter": 28.0}
+    try:  # a diameter typed in the wrong unit would blow 1024 px frames up to 28,000 px
+        with pytest.raises(ValueError, match="diameter in pixels"):
+            resolve_scale(model, None, 1.0)
+    finally:
+        model.recommended = saved
     with pytest.raises(ValueError, match="windows"):
         track(movie, [Prompt(0, 1, [[30, 40]], [1])], model=model, scale=2.0, windows=False)
 

@@ -82,8 +82,6 @@ class SegmentationSession:
         self.cell_diameter = cell_diameter or None
         #: frames are resized by this before tracking (from the cell diameter; 1 = as recorded)
         self.scale = resolve_scale(model, None, self.cell_diameter)
-        self._stack = None  # (T, Y, X[, C]) view of the layer data, for windowed tracking
-        self._limits = None
         self._tracker = None  # TiledTracker of stacks tracked in windows (large frames or a scale)
         self._prompt_dicts: tuple[dict, dict, dict] = ({}, {}, {})
         self._cleared: set[tuple[int, int]] = set()  # (frame, obj) whose prompts the last sync removed
@@ -107,11 +105,10 @@ class SegmentationSession:
             if self.state is not None:
                 self.predictor.close_state(self.state)
             self.view = view
-            self._stack, self._limits = view.stack_of(data), contrast_limits
             if self._tracker is not None:
                 self._tracker.close()
-            self._tracker = None
-            self.state = self.predictor.init_state(self._stack, contrast_limits=contrast_limits)
+            self._tracker = None  # made from the new state's frames on first use
+            self.state = self.predictor.init_state(view.stack_of(data), contrast_limits=contrast_limits)
             self._data_id = key
             self._applied.clear()
             return True

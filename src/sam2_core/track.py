@@ -4,7 +4,9 @@
 ``track_iter`` yields the labels frame by frame (for GUIs and progress bars) and
 ``track_4d`` handles 3D+t stacks. Overlaps go to the object with the highest logit, nothing
 is written where the object-score head says the object is absent, and masks can be cleaned
-(small holes filled, small fragments removed) with scikit-image on the CPU.
+(small holes filled, small fragments removed) with scikit-image on the CPU. Frames larger than
+1.25x the model input, or resized by ``scale`` / ``cell_diameter``, are tracked in windows of the
+input at their own scale (:mod:`sam2_core.tiled_track`).
 """
 
 from __future__ import annotations
@@ -307,12 +309,23 @@ def resolve_scale(model: Any, scale: float | None, cell_diameter: float | None) 
         if pref is None:
             raise ValueError("this model stores no preferred cell diameter (recommended['cell_diameter']): "
                              "give scale= instead (e.g. 2.0 to enlarge the frames 2x)")
-        return pref / float(cell_diameter)
+        factor = pref / float(cell_diameter)
+        if not 1 / MAX_SCALE <= factor <= MAX_SCALE:
+            raise ValueError(f"a cell diameter of {cell_diameter:g} px would resize the frames {factor:.3g}x "
+                             f"(this model tracks cells of {pref:g} px); give the diameter in pixels of the "
+                             f"recorded frames, between {pref / MAX_SCALE:g} and {pref * MAX_SCALE:g}")
+        return factor
     if scale is None:
         return 1.0
     if not np.isfinite(scale) or scale <= 0:
         raise ValueError(f"scale must be a positive number, got {scale}")
+    if not 1 / MAX_SCALE <= scale <= MAX_SCALE:
+        raise ValueError(f"scale {scale:g} is outside 1/{MAX_SCALE:g} .. {MAX_SCALE:g}")
     return float(scale)
+
+
+#: the largest enlargement (and reduction) ``scale`` / ``cell_diameter`` may ask for
+MAX_SCALE = 16.0
 
 
 def _as_predictor(model: Any, device: str | None, speed: str | None = None):
