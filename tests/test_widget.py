@@ -610,6 +610,14 @@ def test_large_stack_is_tracked_in_windows_at_its_own_scale(make_napari_viewer, 
     _wait_idle(qtbot, c)
     assert (labels.data[3] == 4).sum() > 20, _errors()
     assert all((labels.data[3] == n).sum() >= 0.8 * before[n] for n in (1, 2, 3)), before
+    # propagating both ways from frame 3: going back, objects 1-3 join only at their clicks on
+    # frame 0, so frames 1-2 keep the labels their first propagation wrote
+    kept = {(f, n): labels.data[f] == n for f in (1, 2) for n in (1, 2, 3)}
+    w.direction.value = "both"
+    w.propagate.clicked.emit()
+    _wait_idle(qtbot, c, timeout=120_000)
+    assert all((labels.data[f][m] == n).mean() > 0.8 for (f, n), m in kept.items() if m.any()), _errors()
+    assert all((labels.data[f] == 4).any() for f in range(6)), _errors()
     # the cell-diameter control: a model that stores its preferred diameter gets a scale
     pref = preferred_diameter(c.session.model)
     if pref is None:

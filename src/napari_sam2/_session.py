@@ -369,8 +369,7 @@ class SegmentationSession:
             if not prompts:
                 raise ValueError("no prompts for the chosen objects: click on an object first")
             tracker = self.tracker()
-        ids = sorted({int(p.object_id) for p in prompts})
-        dtype = labels_dtype(max(ids))
+        dtype = labels_dtype(max(int(p.object_id) for p in prompts))
         if start is None:
             start = min(int(p.frame) for p in prompts)
         passes = [False, True] if direction == "both" else [direction == "backward"]
@@ -388,7 +387,8 @@ class SegmentationSession:
                         continue
                     seen.add(f)
                     lab = merge_labels(results, tracker.hw, dtype, tracker.prompted(f))
-                yield f, lab, ids
+                # only objects the pass has reached: the others keep the labels they have there
+                yield f, lab, sorted(r.obj_id for r in results)
 
     def frames_in(self, direction: str, start: int | None, max_frames: int | None) -> int:
         """How many frames a propagation will yield (for progress bars)."""
