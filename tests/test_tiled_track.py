@@ -174,6 +174,17 @@ def test_prompts_join_on_their_frame_and_corrections_move_objects(model):
     res = dict(tracker.run([Prompt(0, 1, [[110, 80]], [1]), late], 0))
     assert [r.obj_id for r in res[4]] == [1] and sorted(r.obj_id for r in res[5]) == [1, 2]
     assert tracker.prompted(5) == {2} and tracker.prompted(4) == set()
+    # both ways: a second nucleus first clicked on frame 5 is also tracked back to frame 0
+    yy, xx = np.mgrid[:160, :300]
+    d2 = np.hypot(yy - 40, xx - 230)
+    two = (movie + 2500 / (1 + np.exp((d2 - 12) / 1.5))).astype(np.uint16)
+    second = d2 <= 12
+    prompts = [Prompt(0, 1, [[110, 80]], [1]), Prompt(5, 2, [[230, 40]], [1])]
+    fwd = track(two, prompts, model=vp, direction="forward", windows=True)
+    both = track(two, prompts, model=vp, direction="both", windows=True)
+    assert not (fwd[:5] == 2).any() and all(_iou(fwd[f] == 2, second) > 0.5 for f in range(5, 12))
+    assert all(_iou(both[f] == 2, second) > 0.5 for f in range(12))
+    assert (both[:, ~second] == fwd[:, ~second]).mean() > 0.99  # object 1 as without the second pass
     # a click far from the object's window moves it there (a new keyframe)
     far = Prompt(8, 1, [[280, 80]], [1])
     res = dict(tracker.run([Prompt(0, 1, [[110, 80]], [1]), far], 0))

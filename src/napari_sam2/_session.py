@@ -361,7 +361,7 @@ class SegmentationSession:
     def _propagate_windows(self, direction: str, start: int | None, max_frames: int | None,
                            obj_ids: Sequence[int] | None) -> Iterator[tuple[int, np.ndarray, list[int]]]:
         """:meth:`propagate` of a stack tracked in windows (``sam2_core.tiled_track``)."""
-        from sam2_core.tiled_track import merge_labels
+        from sam2_core.tiled_track import iter_results, merge_labels
         from sam2_core.track import labels_dtype
 
         with self.lock:
@@ -372,23 +372,17 @@ class SegmentationSession:
         dtype = labels_dtype(max(int(p.object_id) for p in prompts))
         if start is None:
             start = min(int(p.frame) for p in prompts)
-        passes = [False, True] if direction == "both" else [direction == "backward"]
-        seen: set[int] = set()
-        for reverse in passes:
+        with self.lock:
+            gen = iter_results(tracker, prompts, direction=direction, max_frames=max_frames, start=start)
+        while True:
             with self.lock:
-                gen = tracker.run(prompts, start, reverse, max_frames)
-            while True:
-                with self.lock:
-                    try:
-                        f, results = next(gen)
-                    except StopIteration:
-                        break
-                    if f in seen:
-                        continue
-                    seen.add(f)
-                    lab = merge_labels(results, tracker.hw, dtype, tracker.prompted(f))
-                # only objects the pass has reached: the others keep the labels they have there
-                yield f, lab, sorted(r.obj_id for r in results)
+                try:
+                    f, results, _ = next(gen)
+                except StopIteration:
+                    break
+                lab = merge_labels(results, tracker.hw, dtype, tracker.prompted(f))
+            # only objects the pass has reached: the others keep the labels they have there
+            yield f, lab, sorted(r.obj_id for r in results)
 
     def frames_in(self, direction: str, start: int | None, max_frames: int | None) -> int:
         """How many frames a propagation will yield (for progress bars)."""

@@ -20,7 +20,8 @@ keeps the recorded pixels) and tracks in windows of the model's input size:
   predictor.
 
 Prompts are applied when tracking reaches their frame (an object is tracked from its first prompt
-in the direction of travel, or from the start with its latest prompts behind the start). Outputs are each object's logits at the frame's own resolution,
+in the direction of travel, or from the start with its latest prompts behind the start); in both
+directions, objects first prompted later are also tracked back from their first prompt. Outputs are each object's logits at the frame's own resolution,
 merged into labels as :func:`sam2_core.track.track` does.
 """
 
@@ -477,19 +478,54 @@ def merge_labels(results: Sequence[ObjectLogits], hw: tuple[int, int], dtype: np
     return ids.numpy().astype(dtype)
 
 
+def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: str = "forward",
+                 max_frames: int | None = None, start: int | None = None
+                 ) -> Iterator[tuple[int, list[ObjectLogits], bool]]:
+    """Run the passes of a propagation; yield (frame, results, again) with each object at most once
+    per frame (``again``: the frame was yielded before, with other objects).
+
+    Passes as :func:`sam2_core.track.passes` (or both ways from ``start``). With "both", objects
+    first prompted after the earliest prompted frame (or after ``start``) are also tracked backward
+    from their first prompt to it, so that every object goes both ways from its own prompts.
+    """
+    from sam2_core.track import as_prompts, passes
+
+    prompts = as_prompts(prompts)
+    plan = passes(prompts, direction)
+    if start is not None:
+        plan = [(start, reverse) for _, reverse in plan]
+    runs = [(s, r, prompts, max_frames) for s, r in plan]
+    if direction == "both":
+        first: dict[int, int] = {}
+        for p in prompts:
+            first[int(p.object_id)] = min(first.get(int(p.object_id), int(p.frame)), int(p.frame))
+        lo = plan[0][0]
+        late = {o for o, g in first.items() if g > lo}
+        if late:
+            top = max(first[o] for o in late)
+            reach = top - lo - 1 if max_frames is None else min(max_frames, top - lo - 1)
+            runs.append((top, True, [p for p in prompts if int(p.object_id) in late], reach))
+    done: dict[int, set[int]] = {}
+    for s, reverse, ps, reach in runs:
+        for f, results in tracker.run(ps, s, reverse, reach):
+            again = f in done
+            new = [r for r in results if r.obj_id not in done.get(f, ())]
+            if again and not new:
+                continue
+            done.setdefault(f, set()).update(r.obj_id for r in new)
+            yield f, new, again
+
+
 def iter_labels(tracker: TiledTracker, prompts: Sequence[Any], *, direction: str = "forward",
                 max_frames: int | None = None, fill_holes: int = 0, min_size: int = 0
-                ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (frame, (H, W) labels) as ``tracker`` goes; a frame is yielded once (``track_iter``'s
-    rules; ``fill_holes`` / ``min_size`` in recorded pixels)."""
-    from sam2_core.track import as_prompts, clean_labels, labels_dtype, passes
+                ) -> Iterator[tuple[int, np.ndarray, bool]]:
+    """Yield (frame, (H, W) labels, again) as ``tracker`` goes (:func:`iter_results`; ``again``:
+    the labels hold only objects not yet given on that frame, to be merged under the earlier
+    ones; ``fill_holes`` / ``min_size`` in recorded pixels)."""
+    from sam2_core.track import as_prompts, clean_labels, labels_dtype
 
     prompts = as_prompts(prompts)
     dtype = labels_dtype(max(int(p.object_id) for p in prompts))
-    seen: set[int] = set()
-    for start, reverse in passes(prompts, direction):
-        for f, results in tracker.run(prompts, start, reverse, max_frames):
-            if f in seen:
-                continue
-            seen.add(f)
-            yield f, clean_labels(merge_labels(results, tracker.hw, dtype, tracker.prompted(f)), fill_holes, min_size)
+    for f, results, again in iter_results(tracker, prompts, direction=direction, max_frames=max_frames):
+        lab = merge_labels(results, tracker.hw, dtype, tracker.prompted(f))
+        yield f, clean_labels(lab, fill_holes, min_size), again

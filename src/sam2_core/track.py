@@ -270,8 +270,9 @@ def track(
         state = predictor.init_state(frames, contrast_limits=contrast_limits, channels=channels,
                                      channel_axis=channel_axis, embedding_cache=embedding_cache)
         n, hw = state.num_frames, (state.video_height, state.video_width)
-        labels = track_iter(predictor, state, prompts, direction=direction, max_frames=max_frames,
-                            fill_holes=fill_holes, min_size=min_size)
+        labels = ((f, lab, False) for f, lab in track_iter(predictor, state, prompts, direction=direction,
+                                                           max_frames=max_frames, fill_holes=fill_holes,
+                                                           min_size=min_size))
         close = lambda: predictor.close_state(state) if isinstance(predictor, SAM2VideoPredictor) else None  # noqa: E731
     else:
         n, hw = tracker.num_frames, tracker.hw
@@ -281,9 +282,15 @@ def track(
     if out is None:
         out = np.zeros((n, *hw), labels_dtype(max(int(p.object_id) for p in prompts)))
     total = n if max_frames is None else min(n, max_frames + 1)
+    done = 0
     try:
-        for done, (f, lab) in enumerate(labels, start=1):
+        for f, lab, again in labels:
+            if again:  # objects that reached this frame in a later pass go under the earlier ones
+                old = np.asarray(out[f])
+                out[f] = np.where(old > 0, old, lab)
+                continue
             out[f] = lab
+            done += 1
             if progress is not None:
                 progress(done, total)
     finally:
