@@ -212,3 +212,38 @@ def test_track_step_tracks_frame_zero_in_reverse(model):
     assert state.objects[1].tracked == {2: True, 1: True, 0: True}
     with torch.no_grad(), pytest.raises(IndexError):
         vp.track_step(state, 3)
+
+
+def test_objects_of_several_states_go_through_the_model_as_one_batch(model):
+    """track_step_many (windows of a stack as one batch, each with its own features and memory)
+    computes what track_step computes state by state, within float rounding."""
+    sim = simulate_cells(4, (256, 400), seed=7)
+    crops = (sim.movie[:, :, :200], sim.movie[:, :, 200:])
+    labs = (sim.labels[:, :, :200], sim.labels[:, :, 200:])
+    rng = np.random.default_rng(0)
+    clicks = []
+    for lab in labs:
+        ids = [int(i) for i in np.unique(lab[0]) if i and (lab[0] == i).sum() > 60][:2]
+        clicks.append([(i, P.click_inside(lab[0] == i, rng, central=True)) for i in ids])
+    outs = {}
+    calls = []
+    for batched in (False, True):
+        vp = SAM2VideoPredictor(model)
+        states = [vp.init_state(c) for c in crops]
+        for st, cl in zip(states, clicks):
+            for i, pt in cl:
+                vp.add_new_points_or_box(st, 0, i, points=pt, labels=[1])
+        got = []
+        for f in range(4):
+            if batched:
+                got.append(vp.track_step_many(states, f))
+            else:
+                got.append([vp.track_step(st, f)[1:] for st in states])
+        outs[batched] = got
+        calls.append(sum(st.features.encoded for st in states))
+    assert calls == [8, 8]  # every window frame encoded once either way (batched: 2 at a time)
+    for a, b in zip(outs[False], outs[True]):
+        for (ids_a, low_a), (ids_b, low_b) in zip(a, b):
+            assert ids_a == ids_b
+            assert torch.allclose(low_a, low_b, atol=1e-2), float((low_a - low_b).abs().max())
+            assert ((low_a > 0) == (low_b > 0)).float().mean() > 0.999

@@ -343,11 +343,10 @@ class TiledTracker:
     def step(self, frame: int, reverse: bool = False) -> list[tuple[int, int, torch.Tensor]]:
         """Track every window that holds objects on one frame; returns (object id, window,
         logits (h, w) on the window's scaled pixels) per object."""
-        out = []
-        for w, state in list(self.states.items()):
-            if state.objects:
-                _, ids, low = self.predictor.track_step(state, frame, reverse)
-                out += self._window_logits(w, state, ids, low)
+        busy = [(w, st) for w, st in self.states.items() if st.objects]
+        out = []  # the windows' objects go through the model as one batch (exact mode)
+        for (w, st), (ids, low) in zip(busy, self.predictor.track_step_many([st for _, st in busy], frame, reverse)):
+            out += self._window_logits(w, st, ids, low)
         return out
 
     def _window_logits(self, w: int, state, ids: Sequence[int], low: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:

@@ -115,20 +115,31 @@ class FeatureCache:
             return self._cache[index]
         feats = self._load_disk(index) if self.disk_cache is not None else None
         if feats is None:
-            fut = self._pending.pop(index, None)
-            if fut is not None:
-                x = T.to_model_input(fut.result(), self.model.image_size, max_upscale=self.max_upscale)
-            else:
-                x = self._input(index)
             with torch.inference_mode():
-                feats = self.model.encode_image(x.to(self.model.device))
-            self.encoded += 1
-            if self.disk_cache is not None:
-                self._save_disk(index, feats)
+                feats = self.model.encode_image(self._model_input(index).to(self.model.device))
+            self._computed(index, feats)
+        return self._keep(index, feats)
+
+    def _model_input(self, index: int) -> torch.Tensor:
+        fut = self._pending.pop(index, None)
+        if fut is not None:
+            return T.to_model_input(fut.result(), self.model.image_size, max_upscale=self.max_upscale)
+        return self._input(index)
+
+    def _computed(self, index: int, feats: ImageFeatures) -> None:
+        self.encoded += 1
+        if self.disk_cache is not None:
+            self._save_disk(index, feats)
+
+    def _keep(self, index: int, feats: ImageFeatures) -> ImageFeatures:
         self._cache[index] = feats
         while len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
         return feats
+
+    def has(self, index: int) -> bool:
+        """Whether frame ``index`` is in memory or in the on-disk cache (no encoding needed)."""
+        return index in self._cache or (self.disk_cache is not None and self._disk_path(index).is_file())
 
     def _load_disk(self, index: int) -> ImageFeatures | None:
         path = self._disk_path(index)
@@ -166,3 +177,21 @@ class FeatureCache:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def encode_together(caches: list[FeatureCache], index: int) -> None:
+    """Encode frame ``index`` of several caches of one model (e.g. the windows of a stack) as one
+    batch of the image encoder, so that their next ``get(index)`` finds it (13 % less encoder time
+    for 5 windows of 256 px on 2 CPU threads than one by one)."""
+    todo = [c for c in caches if not c.has(index)]
+    if len(todo) < 2:
+        return
+    model = todo[0].model
+    x = torch.cat([c._model_input(index) for c in todo]).to(model.device)
+    with torch.inference_mode():
+        feats = model.encode_image(x)
+    for k, c in enumerate(todo):
+        one = feats.select(k)
+        one = ImageFeatures(one.vision_features.clone(), one.vision_pos.clone(), [h.clone() for h in one.high_res])
+        c._computed(index, one)
+        c._keep(index, one)

@@ -25,7 +25,7 @@ from sam2_core.masks import fill_holes_in_logits, non_overlapping
 from sam2_core.modeling.sam2 import NO_OBJ_SCORE, HeadsOutput, SAM2Model
 from sam2_core.predictor import memory_bank as mb
 from sam2_core.predictor import windows as win
-from sam2_core.predictor.features import FeatureCache
+from sam2_core.predictor.features import FeatureCache, encode_together
 from sam2_core.predictor.state import FrameOutput, ObjectState, VideoState
 
 #: The speed modes: exact (Meta's computation) and fast (local windows, reduced precision).
@@ -38,6 +38,14 @@ def auto_read_ahead(device: torch.device) -> int:
     if device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads():
         return 2
     return 0
+
+
+def _batch(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(1, ...) tensors as one (B, ...) batch: a view when they are all the same tensor."""
+    first = tensors[0]
+    if all(t is first for t in tensors):
+        return first.expand(len(tensors), *first.shape[1:])
+    return torch.cat(tensors)
 
 
 class SAM2VideoPredictor:
@@ -435,6 +443,38 @@ class SAM2VideoPredictor:
         objs = list(state.objects.values())
         return f, [o.obj_id for o in objs], self._propagate_frame(state, objs, f, reverse)
 
+    @torch.inference_mode()
+    def track_step_many(self, states: Sequence[VideoState], frame_idx: int, reverse: bool = False
+                        ) -> list[tuple[list[int], torch.Tensor]]:
+        """:meth:`track_step` on several states (e.g. windows of one stack) at once: in exact mode
+        their objects go through memory attention, the decoder and the memory encoder as one batch
+        (each with its own state's features and memory). Returns (obj_ids, low-res logits) per state."""
+        if len(states) >= 2:  # one image-encoder batch for every state's frame
+            with precision_mod.autocast(states[0].device, self.precision):
+                encode_together([st.features for st in states], self._check_frame(states[0], frame_idx))
+        if self.speed != "exact" or not self.batch_objects or len(states) < 2:
+            return [self.track_step(st, frame_idx, reverse)[1:] for st in states]
+        items: list[tuple[VideoState, ObjectState]] = []
+        for st in states:
+            self.propagate_in_video_preflight(st)
+            f = self._check_frame(st, frame_idx)
+            items += [(st, o) for o in st.objects.values() if f not in o.cond]
+        for s0 in range(0, len(items), self.max_batch):
+            chunk = items[s0 : s0 + self.max_batch]
+            sts, objs = [st for st, _ in chunk], [o for _, o in chunk]
+            with precision_mod.autocast(sts[0].device, self.precision):
+                results = self._step(sts[0], sts[0].features.get(f), objs, f, reverse, [None] * len(objs), sts)
+            for o, out in zip(objs, results):
+                o.non_cond[f] = out
+        out = []
+        for st in states:
+            objs = list(st.objects.values())
+            for o in objs:
+                o.tracked[f] = reverse
+                self._evict(o, f, reverse)
+            out.append(([o.obj_id for o in objs], torch.cat([o.output(f).pred_masks.to(st.device) for o in objs])))
+        return out
+
     def _propagate_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> torch.Tensor:
         """Track the objects not prompted on frame f; every object's low-res logits on f."""
         to_track = [o for o in objs if f not in o.cond]
@@ -504,16 +544,21 @@ class SAM2VideoPredictor:
                 o.last_seen = out.center if out.center is not None else o.last_seen
 
     def _step(self, state: VideoState, feats, objs: list[ObjectState], f: int, reverse: bool,
-              windows: list) -> list[FrameOutput]:
-        """Memory attention, decoder and memory encoder for objects in their windows (None = grid)."""
+              windows: list, states: list[VideoState] | None = None) -> list[FrameOutput]:
+        """Memory attention, decoder and memory encoder for objects in their windows (None = grid).
+
+        ``states`` (one per object, exact mode): objects of several states (stacks) tracked as one
+        batch, each with its own stack's features of frame f."""
         results: list[FrameOutput | None] = [None] * len(objs)
         size = self.image_size // win.LOW_RES_PER_TOKEN
-        for idx, pix in self._condition(state, objs, f, reverse, windows):
+        feats_of = [feats] * len(objs) if states is None else [st.features.get(f) for st in states]
+        for idx, pix in self._condition(state, objs, f, reverse, windows, states):
             ws = [windows[i] for i in idx]
             b = len(idx)
             if all(w is None for w in ws):
-                high_res = [h.expand(b, -1, -1, -1) for h in feats.high_res]
-                vision = feats.vision_features.expand(b, -1, -1, -1)
+                items = [feats_of[i] for i in idx]
+                high_res = [_batch([x.high_res[k] for x in items]) for k in range(len(feats.high_res))]
+                vision = _batch([x.vision_features for x in items])
                 image_pe = None
             else:
                 high_res = [win.crop_each(h, ws, s) for h, s in zip(feats.high_res, (4, 2))]
@@ -573,15 +618,18 @@ class SAM2VideoPredictor:
         return was_present and (out.center is None or out.touches_edge)
 
     def _condition(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool,
-                   windows: list) -> list[tuple[list[int], torch.Tensor]]:
+                   windows: list, states: list[VideoState] | None = None) -> list[tuple[list[int], torch.Tensor]]:
         """Memory-conditioned features per group of objects: [(indices, (B, C, h, w))].
 
         Objects whose query window and memory layout have the same shapes share a batch.
         Windows (and memories stored at windows) use RoPE tables of their true coordinates.
+        ``states``: one per object (exact mode), see :meth:`_step`.
         """
+        states = [state] * len(objs) if states is None else states
         feats = state.features.get(f)
+        feats_of = [st.features.get(f) for st in states]
         grid = tuple(feats.vision_features.shape[-2:])
-        built = [self._memory_of(state, o, f, reverse) for o in objs]
+        built = [self._memory_of(st, o, f, reverse) for st, o in zip(states, objs)]
         groups: dict[tuple, list[int]] = {}
         for i, (mem, _, n_ptr, mem_windows) in enumerate(built):
             q_shape = grid if windows[i] is None else windows[i][2:]
@@ -596,8 +644,8 @@ class SAM2VideoPredictor:
             pos = torch.stack([built[i][1] for i in idx]).to(dtype)
             bg = len(idx)
             if all(w is None for w in ws):
-                vision = feats.vision_features.expand(bg, -1, -1, -1)
-                vision_pos = feats.vision_pos.expand(bg, -1, -1, -1)
+                vision = _batch([feats_of[i].vision_features for i in idx])
+                vision_pos = _batch([feats_of[i].vision_pos for i in idx])
             else:
                 vision, vision_pos = win.crop_each(feats.vision_features, ws), win.crop_each(feats.vision_pos, ws)
             rope = None
