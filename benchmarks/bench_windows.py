@@ -10,6 +10,9 @@ training nor the model card's held-out set) with the simulator's own nucleus siz
   frame 0, its whole family counted after a division), as in ``sam2_core.train.evaluate``;
 - seconds per frame for all objects, and the number of windows the frame is cut into.
 ``--diameter-sweep`` also tracks with ``cell_diameter`` set from the simulated radii (0 = scale 1).
+``--memory 100,400`` instead prints the peak RSS of tracking 4 nuclei in windows through that
+many 512 x 512 frames (each count in its own process; frames made on demand, so the stack itself
+takes no memory): memory must not grow with the number of frames.
 """
 
 from __future__ import annotations
@@ -30,8 +33,22 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=8)
     ap.add_argument("--model", default="default")
     ap.add_argument("--diameter-sweep", default="", help="preferred diameters to try, e.g. 20,24,28")
+    ap.add_argument("--memory", default="", help="frame counts for the peak-RSS check, e.g. 100,400")
+    ap.add_argument("--_one", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args._one:
+        return memory_one(args._one, args.size, args.model)
+    if args.memory:
+        import subprocess
+        import sys
+
+        for n in [int(x) for x in args.memory.split(",")]:
+            out = subprocess.run([sys.executable, __file__, "--_one", str(n), "--size", str(args.size),
+                                  "--threads", str(args.threads), "--model", args.model],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            print(out, flush=True)
+        return
 
     from sam2_core import build_sam2
     from sam2_core.predictor.video import SAM2VideoPredictor
@@ -88,6 +105,45 @@ def main() -> None:
         print(f"{name}: median propagated IoU {np.median(tracked):.3f} (mean {np.mean(tracked):.3f}, "
               f"{len(tracked)} cells), {seconds / frames:.2f} s/frame, windows per frame {sorted(n_windows)}",
               flush=True)
+
+
+class _Drifting:
+    """A (T, H, W) uint16 movie of one simulated field drifting 1 px per frame, made on demand."""
+
+    def __init__(self, n: int, size: int) -> None:
+        from sam2_core.simulate_cells import simulate_cells
+
+        big = simulate_cells(1, (size, size + n), seed=20_100)
+        self.field, self.labels0 = big.movie[0], big.labels[0]
+        self.shape, self.dtype, self.ndim, self.size = (n, size, size), np.dtype(np.uint16), 3, size
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        return self.field[:, int(t) : int(t) + self.size]
+
+
+def memory_one(n: int, size: int, model_name: str) -> None:
+    import sys
+
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from _procstat import peak_rss_mb
+
+    from sam2_core import build_sam2
+    from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.tiled_track import TiledTracker
+    from sam2_core.train import prompts as P
+
+    model = build_sam2(model_name, device="cpu")
+    movie = _Drifting(n, size)
+    lab = movie.labels0[:, :size]
+    ids, areas = np.unique(lab, return_counts=True)
+    objs = [int(i) for i, a in sorted(zip(ids, areas), key=lambda x: -x[1]) if i][:4]
+    rng = np.random.default_rng(0)
+    prompts = [dict(frame=0, object_id=c, points=P.click_inside(lab == c, rng, central=True), labels=[1]) for c in objs]
+    tracker = TiledTracker(SAM2VideoPredictor(model), movie)
+    t0 = time.perf_counter()
+    frames = sum(1 for _ in tracker.run(prompts, 0))
+    print(f"{frames} frames of {size} x {size} in windows, {len(objs)} nuclei: peak RSS {peak_rss_mb():.0f} MB, "
+          f"{(time.perf_counter() - t0) / frames:.2f} s/frame, {tracker.handovers} handovers")
 
 
 if __name__ == "__main__":
