@@ -20,6 +20,19 @@ import numpy as np
 import torch
 
 
+def median_step(frames) -> tuple[float, int]:
+    """Median seconds between the frames an iterator yields, the first (prompted) frame left out;
+    and how many steps were timed."""
+    times = []
+    t = time.perf_counter()
+    for f in frames:
+        now = time.perf_counter()
+        if f > 0:
+            times.append(now - t)
+        t = now
+    return float(np.median(times)), len(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -57,38 +70,22 @@ def main() -> None:
     ids, areas = np.unique(sim.labels[0], return_counts=True)
     objs = [int(i) for i, a in sorted(zip(ids, areas), key=lambda x: -x[1]) if i][: args.objects]
     pred = SAM2VideoPredictor(model)
-    state = pred.init_state(sim.movie)
     rng = np.random.default_rng(0)
-    for cid in objs:
-        pred.add_new_points_or_box(state, 0, cid, points=P.click_inside(sim.labels[0] == cid, rng, central=True),
-                                   labels=[1])
-    times = []
-    t = time.perf_counter()
-    for f, _, _ in pred.propagate_in_video(state):
-        now = time.perf_counter()
-        if f > 0:
-            times.append(now - t)
-        t = now
-    sec = float(np.median(times))
+    clicks = {c: P.click_inside(sim.labels[0] == c, rng, central=True) for c in objs}
+    state = pred.init_state(sim.movie)
+    for cid, pt in clicks.items():
+        pred.add_new_points_or_box(state, 0, cid, points=pt, labels=[1])
+    sec, n = median_step(f for f, _, _ in pred.propagate_in_video(state))
     print(f"tracking {len(objs)} objects on {args.size}x{args.size} frames, resized whole to the input: "
-          f"{sec * 1000:.0f} ms/frame median = {1 / sec:.1f} frames/s ({len(times)} frames)")
+          f"{sec * 1000:.0f} ms/frame median = {1 / sec:.1f} frames/s ({n} frames)")
     pred.close_state(state)
     # the same clicks, tracked in windows of the input at the recorded scale (track()'s default for
     # frames larger than 1.25x the input)
     from sam2_core.tiled_track import TiledTracker
 
-    rng = np.random.default_rng(0)
-    prompts = [dict(frame=0, object_id=c, points=P.click_inside(sim.labels[0] == c, rng, central=True), labels=[1])
-               for c in objs]
     tracker = TiledTracker(pred, sim.movie)
-    times = []
-    t = time.perf_counter()
-    for f, _ in tracker.run(prompts, 0):
-        now = time.perf_counter()
-        if f > 0:
-            times.append(now - t)
-        t = now
-    sec = float(np.median(times))
+    prompts = [dict(frame=0, object_id=c, points=pt, labels=[1]) for c, pt in clicks.items()]
+    sec, n = median_step(f for f, _ in tracker.run(prompts, 0))
     print(f"tracking {len(objs)} objects on {args.size}x{args.size} frames in windows ({len(tracker.states)} of "
           f"{len(tracker.windows)} encoded at the end): {sec * 1000:.0f} ms/frame median = {1 / sec:.1f} frames/s")
     tracker.close()

@@ -10,7 +10,7 @@ from sam2_core import build_sam2
 from sam2_core.io.frames import FrameSource
 from sam2_core.predictor.video import SAM2VideoPredictor
 from sam2_core.simulate_cells import simulate_cells
-from sam2_core.tiled_track import ScaledFrames, TiledTracker, needs_windows, window_lattice
+from sam2_core.tiled_track import ScaledFrames, TiledTracker, uses_windows, window_lattice
 from sam2_core.track import Prompt, resolve_scale, track
 from sam2_core.train import prompts as P
 
@@ -42,8 +42,11 @@ def test_window_lattice_cores_partition_and_windows_fit():
     assert len(window_lattice(256, 256, 256, 32)) == 1  # a frame that fits is one window
     with pytest.raises(ValueError, match="halo"):
         window_lattice(512, 512, 256, 125)
-    assert needs_windows(512, 512, 256) and not needs_windows(300, 300, 256)
-    assert needs_windows(200, 200, 256, scale=2.0)
+    assert uses_windows(512, 512, 256) and not uses_windows(300, 300, 256)
+    assert uses_windows(200, 200, 256, scale=2.0) and uses_windows(100, 100, 256, windows=True)
+    assert not uses_windows(512, 512, 256, windows=False)
+    with pytest.raises(ValueError, match="windows"):
+        uses_windows(100, 100, 256, scale=2.0, windows=False)
 
 
 def test_scaled_frames_map_pixels_and_masks():

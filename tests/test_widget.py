@@ -618,13 +618,10 @@ def test_large_stack_is_tracked_in_windows_at_its_own_scale(make_napari_viewer, 
     _wait_idle(qtbot, c, timeout=120_000)
     assert all((labels.data[f][m] == n).mean() > 0.8 for (f, n), m in kept.items() if m.any()), _errors()
     assert all((labels.data[f] == 4).any() for f in range(6)), _errors()
-    # the cell-diameter control: a model that stores its preferred diameter gets a scale
+    # the cell-diameter control: the bundled model stores its preferred diameter, so it gives a scale
     pref = preferred_diameter(c.session.model)
-    if pref is None:
-        w.cell_diameter.value = 12.0
-        assert any("no preferred cell diameter" in e for e in _errors())
-    else:
-        w.cell_diameter.value = pref / 2
-        assert c.session.scale == pytest.approx(2.0)
-        w.cell_diameter.value = 0.0
-        assert c.session.scale == 1.0
+    assert pref is not None
+    w.cell_diameter.value = pref / 2
+    assert c.session.scale == pytest.approx(2.0)
+    w.cell_diameter.value = 0.0
+    assert c.session.scale == 1.0

@@ -118,12 +118,12 @@ class SegmentationSession:
     def windowed(self, view: StackView | None = None) -> bool:
         """Whether the stack is tracked in windows of the model input at the scale of its pixels
         (frames larger than 1.25x the input, or a cell diameter set): see ``sam2_core.tiled_track``."""
-        from sam2_core.tiled_track import needs_windows
+        from sam2_core.tiled_track import uses_windows
 
         view = view or self.view
         if view is None or view.axis is None:
             return False
-        return self.scale != 1.0 or needs_windows(*view.frame_shape, self.model.image_size)
+        return uses_windows(*view.frame_shape, self.model.image_size, self.scale)
 
     def tracker(self):
         """The :class:`~sam2_core.tiled_track.TiledTracker` of the current stack (made on first use)."""
@@ -164,7 +164,9 @@ class SegmentationSession:
     def needs_tiles(self, view: StackView) -> bool:
         """A single 2-D image larger than the model input: prompts are segmented in tiles at the
         model's own scale instead of on the whole image resized to the input."""
-        return view.axis is None and max(view.frame_shape) > 1.25 * self.model.image_size
+        from sam2_core.tiling import larger_than_input
+
+        return view.axis is None and larger_than_input(self.model.image_size, *view.frame_shape)
 
     def tiled_labels(self, data: Any, view: StackView, contrast_limits: Any,
                      points: dict, boxes: dict | None = None, masks: dict | None = None) -> tuple[np.ndarray, list[int]]:
@@ -339,24 +341,33 @@ class SegmentationSession:
         if self.windowed():
             yield from self._propagate_windows(direction, start, max_frames, obj_ids)
             return
-        passes = [(False,), (True,)] if direction == "both" else [(direction == "backward",)]
         seen: set[int] = set()
-        for (reverse,) in passes:
+
+        def labels(item):
+            f, ids, low = item
+            if f in seen:
+                return None
+            seen.add(f)
+            return f, logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids)),
+                                       prompted=prompted_on(self.state, ids, f),
+                                       canvas=self.predictor.canvas_hw(self.state)), ids
+
+        for reverse in ([False, True] if direction == "both" else [direction == "backward"]):
+            yield from self._under_lock(
+                self.predictor.propagate_low_res(self.state, start, max_frames, reverse, obj_ids), labels)
+
+    def _under_lock(self, gen: Iterator, convert) -> Iterator:
+        """``convert(item)`` for each item of ``gen``, both done under the session lock (clicks from
+        the GUI thread may come between two frames); None results are skipped."""
+        while True:
             with self.lock:
-                gen = self.predictor.propagate_low_res(self.state, start, max_frames, reverse, obj_ids)
-            while True:
-                with self.lock:
-                    try:
-                        f, ids, low = next(gen)
-                    except StopIteration:
-                        break
-                    if f in seen:
-                        continue
-                    seen.add(f)
-                    lab = logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids)),
-                                           prompted=prompted_on(self.state, ids, f),
-                                           canvas=self.predictor.canvas_hw(self.state))
-                yield f, lab, ids
+                try:
+                    item = next(gen)
+                except StopIteration:
+                    return
+                out = convert(item)
+            if out is not None:
+                yield out
 
     def _propagate_windows(self, direction: str, start: int | None, max_frames: int | None,
                            obj_ids: Sequence[int] | None) -> Iterator[tuple[int, np.ndarray, list[int]]]:
@@ -372,17 +383,13 @@ class SegmentationSession:
         dtype = labels_dtype(max(int(p.object_id) for p in prompts))
         if start is None:
             start = min(int(p.frame) for p in prompts)
-        with self.lock:
-            gen = iter_results(tracker, prompts, direction=direction, max_frames=max_frames, start=start)
-        while True:
-            with self.lock:
-                try:
-                    f, results, _ = next(gen)
-                except StopIteration:
-                    break
-                lab = merge_labels(results, tracker.hw, dtype, tracker.prompted(f))
-            # only objects the pass has reached: the others keep the labels they have there
-            yield f, lab, sorted(r.obj_id for r in results)
+
+        def labels(item):  # only objects the pass has reached: the others keep their labels there
+            f, results, _ = item
+            return f, merge_labels(results, tracker.hw, dtype, tracker.prompted(f)), sorted(r.obj_id for r in results)
+
+        yield from self._under_lock(
+            iter_results(tracker, prompts, direction=direction, max_frames=max_frames, start=start), labels)
 
     def frames_in(self, direction: str, start: int | None, max_frames: int | None) -> int:
         """How many frames a propagation will yield (for progress bars)."""

@@ -56,13 +56,13 @@ CELL_DIAMETER_HELP = ("the cells' (nuclei's) typical diameter in pixels: frames 
 def window_provenance(predictor, source, scale: float | None, cell_diameter: float | None,
                       windows: bool = True) -> dict:
     """The predictor's provenance plus the frame scale and whether frames were tracked in windows."""
-    from sam2_core.tiled_track import needs_windows
+    from sam2_core.tiled_track import uses_windows
     from sam2_core.track import resolve_scale
 
     info = dict(predictor.provenance())
     info["scale"] = resolve_scale(predictor.model, scale, cell_diameter)
-    info["windows"] = windows and (info["scale"] != 1.0 or needs_windows(source.height, source.width,
-                                                                           predictor.model.image_size))
+    info["windows"] = uses_windows(source.height, source.width, predictor.model.image_size, info["scale"],
+                                   None if windows else False)
     return info
 
 
@@ -248,7 +248,7 @@ def _read_image(path: Path):
 def _cmd_embed(args: argparse.Namespace) -> int:
     from sam2_core.io import FrameSource
     from sam2_core.predictor.video import SAM2VideoPredictor
-    from sam2_core.tiled_track import TiledTracker, needs_windows
+    from sam2_core.tiled_track import TiledTracker, uses_windows
     from sam2_core.track import resolve_scale
 
     source = FrameSource(args.movie, channels=args.channels)
@@ -257,7 +257,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     predictor = SAM2VideoPredictor(model, feature_cache_size=1)
     factor = resolve_scale(model, args.scale, args.cell_diameter)
     tracker = None
-    if not args.no_windows and (factor != 1.0 or needs_windows(source.height, source.width, model.image_size)):
+    if uses_windows(source.height, source.width, model.image_size, factor, False if args.no_windows else None):
         tracker = TiledTracker(predictor, source, scale=factor, embedding_cache=args.cache)
         caches = tracker.feature_caches()
     else:

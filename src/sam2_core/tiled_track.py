@@ -9,9 +9,10 @@ keeps the recorded pixels) and tracks in windows of the model's input size:
 - the scaled frame is cut into a lattice of windows: *cores* of ``image_size - 2 * halo`` pixels
   partition it, and each window is the input-sized square around its core (moved inside the
   frame at the edges), so the model sees every window 1:1;
-- each object lives in one window, the one whose core holds its centre; the objects of a window
-  share its image encoding and are tracked as one batch by an ordinary
-  :class:`~sam2_core.predictor.video.SAM2VideoPredictor` state over that window's crops;
+- each object lives in one window, the one whose core holds its centre; each window is an
+  ordinary :class:`~sam2_core.predictor.video.SAM2VideoPredictor` state over that window's crops,
+  and on each frame all windows go through the model as one batch
+  (``SAM2VideoPredictor.track_step_many``);
 - when an object's centre leaves its window's core by more than ``halo / 2`` (hysteresis), it
   moves to the window that now holds it: its current mask becomes a mask prompt there (a
   keyframe) and its memory restarts from it;
@@ -21,8 +22,9 @@ keeps the recorded pixels) and tracks in windows of the model's input size:
 
 Prompts are applied when tracking reaches their frame (an object is tracked from its first prompt
 in the direction of travel, or from the start with its latest prompts behind the start); in both
-directions, objects first prompted later are also tracked back from their first prompt. Outputs are each object's logits at the frame's own resolution,
-merged into labels as :func:`sam2_core.track.track` does.
+directions, objects first prompted later are also tracked back from their first prompt. Outputs
+are each object's logits at the frame's own resolution, merged into labels as
+:func:`sam2_core.track.track` does.
 """
 
 from __future__ import annotations
@@ -39,11 +41,7 @@ import torch.nn.functional as F
 
 from sam2_core import transforms as T
 from sam2_core.io.frames import FrameSource
-from sam2_core.tiling import Tile, default_halo
-
-#: a frame is tracked in windows when, scaled, its longer side exceeds this many model inputs
-#: (as for automatic segmentation: ``sam2_core.tiling.native_tiling``)
-TILE_ABOVE = 1.25
+from sam2_core.tiling import Tile, default_halo, larger_than_input
 
 
 @dataclass
@@ -63,9 +61,15 @@ class ObjectLogits:
         return out
 
 
-def needs_windows(height: int, width: int, image_size: int, scale: float = 1.0) -> bool:
-    """Whether frames of this size, scaled by ``scale``, are tracked in windows."""
-    return max(height, width) * scale > TILE_ABOVE * image_size
+def uses_windows(height: int, width: int, image_size: int, scale: float = 1.0, windows: bool | None = None) -> bool:
+    """Whether (height, width) frames are tracked in windows: ``windows`` if given, else when a
+    scale other than 1 is asked for or the frames are larger than 1.25x the input (as automatic
+    segmentation tiles: :func:`sam2_core.tiling.native_tiling`). A scale needs windows."""
+    if windows is not None:
+        if not windows and scale != 1.0:
+            raise ValueError("scale / cell_diameter need windows=True or None (frames are tracked in windows)")
+        return bool(windows)
+    return scale != 1.0 or larger_than_input(image_size, height, width)
 
 
 class ScaledFrames:
@@ -312,8 +316,7 @@ class TiledTracker:
                                      f"the {w}x{h} (x by y) frame")
 
     def _apply(self, w: int, frame: int, prompts: Sequence[Any]) -> None:
-        """An object's prompts on one frame, in window ``w`` (which becomes its home)."""
-        self._check(prompts)
+        """An object's (checked) prompts on one frame, in window ``w`` (which becomes its home)."""
         obj = int(prompts[0].object_id)
         if self.home.get(obj, w) != w:
             self._drop(obj)
@@ -365,6 +368,8 @@ class TiledTracker:
         for p in as_prompts(prompts):
             if int(p.frame) == frame:
                 groups[int(p.object_id)].append(p)
+        for group in groups.values():
+            self._check(group)
         for obj, group in sorted(groups.items()):
             self._apply(self._target(obj, group), frame, group)
             self._user.add((obj, frame))
@@ -407,11 +412,13 @@ class TiledTracker:
             target = self.window_of(cy, cx)
             if target == w:
                 continue
-            full = np.zeros((self.frames.height, self.frames.width), bool)
-            full[wy0 : wy0 + m.shape[0], wx0 : wx0 + m.shape[1]] = m
             ty0, ty1, tx0, tx1 = self.windows[target].outer
+            moved = np.zeros((ty1 - ty0, tx1 - tx0), bool)  # the mask, seen from the target window
+            y0, y1 = max(wy0, ty0), min(wy0 + m.shape[0], ty1)
+            x0, x1 = max(wx0, tx0), min(wx0 + m.shape[1], tx1)
+            moved[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0] = m[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
             self._drop(obj)
-            self.predictor.add_new_mask(self._state(target), frame, obj, full[ty0:ty1, tx0:tx1])
+            self.predictor.add_new_mask(self._state(target), frame, obj, moved)
             self.home[obj] = target
             self.handovers += 1
 
@@ -446,8 +453,6 @@ class TiledTracker:
         for f in order:
             for obj, group in sorted(pending.get(f, {}).items()):
                 self._apply(self._target(obj, group), f, group)
-            if not self.states:
-                continue
             results = self.step(f, reverse)
             yield f, [self.to_native(w, obj, lg) for obj, w, lg in results]
             self._handover(results, f)

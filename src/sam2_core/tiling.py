@@ -145,6 +145,16 @@ def native_tile(image_size: int, halo: int | None = None) -> tuple[int, int]:
     return core, halo
 
 
+#: images (and frames) whose longer side exceeds this many model inputs are seen at the model's
+#: own scale, in tiles or windows, instead of being resized to the input
+TILE_ABOVE = 1.25
+
+
+def larger_than_input(image_size: int, height: float, width: float) -> bool:
+    """Whether an image of this size is cut into tiles or windows rather than resized."""
+    return max(height, width) > TILE_ABOVE * image_size
+
+
 def native_tiling(image_size: int, height: int, width: int, halo: int | None = None) -> tuple[int, int] | None:
     """(core, halo) of tiles the model sees at its own scale, or None when the image is small enough.
 
@@ -154,7 +164,7 @@ def native_tiling(image_size: int, height: int, width: int, halo: int | None = N
     the input are resized as usual; larger ones are cut into tiles of ``image_size`` pixels with
     their halo (``image_size // 8`` by default, at least 16), so each tile is encoded at 1:1.
     """
-    if max(height, width) <= 1.25 * image_size:
+    if not larger_than_input(image_size, height, width):
         return None
     return native_tile(image_size, halo)
 

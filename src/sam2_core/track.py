@@ -251,30 +251,23 @@ def track(
             is larger than 1.25x the input, or a scale other than 1 is asked for; False: resize
             whole frames to the input (Meta's way).
     """
-    from sam2_core.predictor.video import SAM2VideoPredictor
-    from sam2_core.tiled_track import TiledTracker, iter_labels, needs_windows
+    from sam2_core.io.frames import FrameSource
+    from sam2_core.tiled_track import TiledTracker, iter_labels, uses_windows
 
     predictor = _as_predictor(model, device, speed)
     prompts = as_prompts(prompts)
     factor = resolve_scale(predictor.model, scale, cell_diameter)
-    if windows is None or windows:
-        tracker = TiledTracker(predictor, frames, scale=factor, contrast_limits=contrast_limits, channels=channels,
-                               channel_axis=channel_axis, embedding_cache=embedding_cache)
-        if windows is None and factor == 1.0 and not needs_windows(*tracker.hw, predictor.image_size):
-            frames, tracker = tracker.source, None  # the whole frame fits the input: Meta's way
-    else:
-        if factor != 1.0:
-            raise ValueError("scale / cell_diameter need windows=True or None (frames are tracked in windows)")
-        tracker = None
-    if tracker is None:
-        state = predictor.init_state(frames, contrast_limits=contrast_limits, channels=channels,
-                                     channel_axis=channel_axis, embedding_cache=embedding_cache)
+    source = frames if isinstance(frames, FrameSource) else FrameSource(
+        frames, contrast_limits=contrast_limits, channels=channels, channel_axis=channel_axis)
+    if not uses_windows(source.height, source.width, predictor.image_size, factor, windows):
+        state = predictor.init_state(source, embedding_cache=embedding_cache)
         n, hw = state.num_frames, (state.video_height, state.video_width)
         labels = ((f, lab, False) for f, lab in track_iter(predictor, state, prompts, direction=direction,
                                                            max_frames=max_frames, fill_holes=fill_holes,
                                                            min_size=min_size))
-        close = lambda: predictor.close_state(state) if isinstance(predictor, SAM2VideoPredictor) else None  # noqa: E731
+        close = lambda: predictor.close_state(state)  # noqa: E731
     else:
+        tracker = TiledTracker(predictor, source, scale=factor, embedding_cache=embedding_cache)
         n, hw = tracker.num_frames, tracker.hw
         labels = iter_labels(tracker, prompts, direction=direction, max_frames=max_frames,
                              fill_holes=fill_holes, min_size=min_size)

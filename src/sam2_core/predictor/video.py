@@ -469,10 +469,7 @@ class SAM2VideoPredictor:
         out = []
         for st in states:
             objs = list(st.objects.values())
-            for o in objs:
-                o.tracked[f] = reverse
-                self._evict(o, f, reverse)
-            out.append(([o.obj_id for o in objs], torch.cat([o.output(f).pred_masks.to(st.device) for o in objs])))
+            out.append(([o.obj_id for o in objs], self._finish_frame(st, objs, f, reverse)))
         return out
 
     def _propagate_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> torch.Tensor:
@@ -483,6 +480,10 @@ class SAM2VideoPredictor:
         else:
             for o in to_track:
                 self._track_frame(state, [o], f, reverse)
+        return self._finish_frame(state, objs, f, reverse)
+
+    def _finish_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> torch.Tensor:
+        """Mark frame f tracked, forget what memory can no longer use; the objects' logits on f."""
         for o in objs:
             o.tracked[f] = reverse
             self._evict(o, f, reverse)
