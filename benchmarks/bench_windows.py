@@ -65,7 +65,7 @@ def main() -> None:
     print(f"model {args.model}: input {model.image_size}, {args.threads} threads, {args.movies} movies of "
           f"{args.frames} frames at {args.size} x {args.size}, {args.objects} cells each")
     for name, how in settings:
-        tracked, seconds, frames, n_windows = [], 0.0, 0, set()
+        tracked, seconds, frames, n_windows, encoded = [], 0.0, 0, set(), []
         for i in range(args.movies):
             sim = simulate_cells(args.frames, (args.size, args.size), seed=20_000 + i)
             rng = np.random.default_rng(20_000 + i)
@@ -89,12 +89,14 @@ def main() -> None:
                         score(f, c, m)
                 pred.close_state(state)
                 n_windows.add(1)
+                encoded += [1] * args.frames
             else:
                 lo, hi = sim.params["radius"]
                 scale = how / (lo + hi) if how > 1.0 else 1.0
                 tracker = TiledTracker(pred, sim.movie, scale=scale)
                 prompts = [dict(frame=0, object_id=c, points=clicks[c], labels=[1]) for c in objs]
                 for f, results in tracker.run(prompts, 0):
+                    encoded.append(sum(1 for st in tracker.states.values() if st.objects))
                     for r in results:
                         score(f, r.obj_id, r.full_mask(tracker.hw))
                 tracker.close()
@@ -103,7 +105,8 @@ def main() -> None:
             frames += args.frames
             tracked += [float(np.mean(v)) for v in per.values() if v]
         print(f"{name}: median propagated IoU {np.median(tracked):.3f} (mean {np.mean(tracked):.3f}, "
-              f"{len(tracked)} cells), {seconds / frames:.2f} s/frame, windows per frame {sorted(n_windows)}",
+              f"{len(tracked)} cells), {seconds / frames:.2f} s/frame, windows in the lattice {sorted(n_windows)}, "
+              f"encoded per frame {np.mean(encoded):.1f}",
               flush=True)
 
 

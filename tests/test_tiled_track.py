@@ -111,8 +111,8 @@ def _moving_disc(n=40, h=160, w=300, r=12, step=2, x0=110):
 
 
 def test_objects_move_between_windows(model):
-    """A nucleus crossing from one window's core into the next is handed over and not lost."""
-    movie, truth = _moving_disc()
+    """A nucleus crossing from one window into the next is handed over and not lost."""
+    movie, truth = _moving_disc(step=4)  # x 110 -> 266: past window 0's inner edge (256) less 3/4 halo
     vp = SAM2VideoPredictor(model)
     tracker = TiledTracker(vp, movie)
     assert len(tracker.windows) == 2
@@ -126,9 +126,35 @@ def test_objects_move_between_windows(model):
     tracker.close()
     # backward from the last frame, as track(direction="backward") runs it
     last = len(movie) - 1
-    lab = track(movie, [Prompt(last, 7, [[110 + 2 * last, 80]], [1])], model=vp, direction="backward",
+    lab = track(movie, [Prompt(last, 7, [[110 + 4 * last, 80]], [1])], model=vp, direction="backward",
                 windows=True)
     assert np.median([_iou(lab[f] == 7, truth[f]) for f in range(len(movie))]) > 0.6
+
+
+def test_nearby_objects_share_a_window(model):
+    """Two nuclei in different cores that both fit one window are tracked in that window (one
+    encoder pass per frame, not two), and as well as each in its own."""
+    rng = np.random.default_rng(5)
+    n, h, w = 10, 160, 400  # three windows across: cores 0-133, 133-267, 267-400
+    yy, xx = np.mgrid[:h, :w]
+    movie = np.empty((n, h, w), np.uint16)
+    truth = np.zeros((2, n, h, w), bool)
+    for t in range(n):
+        img = 1000 + rng.normal(0, 60, (h, w))
+        for k, cx in enumerate((110 + t, 170 + t)):
+            d = np.hypot(yy - 80, xx - cx)
+            truth[k, t] = d <= 12
+            img += 2500 / (1 + np.exp((d - 12) / 1.5))
+        movie[t] = np.clip(img, 0, 65535)
+    tracker = TiledTracker(SAM2VideoPredictor(model), movie)
+    assert tracker.window_of(80, 110) != tracker.window_of(80, 170)
+    prompts = [Prompt(0, 1, [[110, 80]], [1]), Prompt(0, 2, [[170, 80]], [1])]
+    res = dict(tracker.run(prompts, 0))
+    assert tracker.home[1] == tracker.home[2] and len(tracker.states) == 1 and tracker.handovers == 0
+    for k in (1, 2):
+        ious = [_iou(next(r for r in res[f] if r.obj_id == k).full_mask(tracker.hw), truth[k - 1, f]) for f in range(n)]
+        assert min(ious) > 0.6, (k, np.round(ious, 2))
+    tracker.close()
 
 
 def test_scale_and_cell_diameter(model):

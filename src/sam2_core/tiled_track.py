@@ -9,13 +9,14 @@ keeps the recorded pixels) and tracks in windows of the model's input size:
 - the scaled frame is cut into a lattice of windows: *cores* of ``image_size - 2 * halo`` pixels
   partition it, and each window is the input-sized square around its core (moved inside the
   frame at the edges), so the model sees every window 1:1;
-- each object lives in one window, the one whose core holds its centre; each window is an
-  ordinary :class:`~sam2_core.predictor.video.SAM2VideoPredictor` state over that window's crops,
-  and on each frame all windows go through the model as one batch
-  (``SAM2VideoPredictor.track_step_many``);
-- when an object's centre leaves its window's core by more than ``halo / 2`` (hysteresis), it
-  moves to the window that now holds it: its current mask becomes a mask prompt there (a
-  keyframe) and its memory restarts from it;
+- each object lives in one window: one that already holds other objects if its centre lies at
+  least a halo inside it (objects share windows, so fewer windows are encoded), else the one whose
+  core holds its centre; each window is an ordinary
+  :class:`~sam2_core.predictor.video.SAM2VideoPredictor` state over that window's crops, and on
+  each frame all windows go through the model as one batch (``SAM2VideoPredictor.track_step_many``);
+- when an object's centre leaves its window's core by more than ``halo / 2`` and comes closer
+  than ``3/4 halo`` to the window's inner edge (hysteresis), it moves to a window chosen the same
+  way: its current mask becomes a mask prompt there (a keyframe) and its memory restarts from it;
 - a window is encoded only while it holds objects; intensities are normalised once for the whole
   stack, so every window sees the same contrast; memory is bounded per window, as in the
   predictor.
@@ -249,19 +250,64 @@ class TiledTracker:
         j = max(0, np.searchsorted(self._xs, x, side="right") - 1)
         return i * len(self._xs) + j
 
-    def _target(self, obj: int, prompts: Sequence[Any]) -> int:
-        """The window for an object's prompts on one frame: its own window if they lie near its
-        core or are negative clicks only (corrections keep the object's memory), else theirs."""
-        home = self.home.get(obj)
-        if home is not None and _negative_only(prompts):
-            return home
-        y, x = _location(prompts, self.frames)
-        return home if home is not None and self._inside_core(home, y, x) else self.window_of(y, x)
+    def _targets(self, groups: dict[int, list]) -> dict[int, int]:
+        """The window for each object's prompts on one frame: its own window if they lie near its
+        core or are negative clicks only (corrections keep the object's memory), else one chosen
+        by :meth:`_cover` for where they are."""
+        out, todo = {}, {}
+        for obj, prompts in groups.items():
+            home = self.home.get(obj)
+            if home is not None and _negative_only(prompts):
+                out[obj] = home
+                continue
+            y, x = _location(prompts, self.frames)
+            if home is not None and self._inside_core(home, y, x):
+                out[obj] = home
+            else:
+                todo[obj] = (y, x)
+        return {**out, **self._cover(todo)}
+
+    def _cover(self, where: dict[int, tuple[float, float]]) -> dict[int, int]:
+        """Windows for objects centred at scaled (y, x): windows already encoded for other objects
+        that fit them a halo inside (:meth:`_fits`) first, then, greedily, the windows that fit
+        the most of them, so that fewer windows are encoded; else the window whose core holds them."""
+        busy = {w for o, w in self.home.items() if o not in where}
+        todo, out = dict(where), {}
+        while todo:
+            fits = {w: [o for o, (y, x) in todo.items() if self._fits(w, y, x, self.halo)]
+                    for w in range(len(self.windows))}
+            best = max(fits, key=lambda w: (w in busy and bool(fits[w]), len(fits[w]), -self._off_centre(w, fits[w], todo)))
+            if not fits[best]:
+                out.update({o: self.window_of(y, x) for o, (y, x) in todo.items()})
+                break
+            for o in fits[best]:
+                out[o] = best
+                del todo[o]
+            busy.add(best)
+        return out
+
+    def _off_centre(self, w: int, objs: list[int], where: dict[int, tuple[float, float]]) -> float:
+        """Squared distance from window w's centre to the mean centre of ``objs`` (ties: the most
+        central window, the most context around the objects)."""
+        if not objs:
+            return 0.0
+        y0, y1, x0, x1 = self.windows[w].outer
+        cy, cx = np.mean([where[o] for o in objs], axis=0)
+        return float((cy - (y0 + y1) / 2) ** 2 + (cx - (x0 + x1) / 2) ** 2)
 
     def _inside_core(self, w: int, y: float, x: float) -> bool:
+        """Still at home: within halo/2 of the core, or 3/4 of a halo inside the window (objects
+        placed in a shared window off its core; hysteresis against :meth:`_cover`'s full halo)."""
         y0, y1, x0, x1 = self.windows[w].core
         m = self.halo / 2
-        return y0 - m <= y < y1 + m and x0 - m <= x < x1 + m
+        return (y0 - m <= y < y1 + m and x0 - m <= x < x1 + m) or self._fits(w, y, x, 0.75 * self.halo)
+
+    def _fits(self, w: int, y: float, x: float, margin: float) -> bool:
+        """(y, x) lies in window w at least ``margin`` from each of its edges inside the frame."""
+        y0, y1, x0, x1 = self.windows[w].outer
+        H, W = self.frames.height, self.frames.width
+        return ((y0 + margin if y0 > 0 else 0) <= y < (y1 - margin if y1 < H else H)
+                and (x0 + margin if x0 > 0 else 0) <= x < (x1 - margin if x1 < W else W))
 
     # --- window states -----------------------------------------------------------------------
 
@@ -370,8 +416,9 @@ class TiledTracker:
                 groups[int(p.object_id)].append(p)
         for group in groups.values():
             self._check(group)
+        targets = self._targets(groups)
         for obj, group in sorted(groups.items()):
-            self._apply(self._target(obj, group), frame, group)
+            self._apply(targets[obj], frame, group)
             self._user.add((obj, frame))
         out = []
         for w, state in self.states.items():
@@ -409,7 +456,7 @@ class TiledTracker:
             cy, cx = ys.mean() + wy0, xs.mean() + wx0
             if self._inside_core(w, cy, cx):
                 continue
-            target = self.window_of(cy, cx)
+            target = self._cover({obj: (cy, cx)})[obj]
             if target == w:
                 continue
             ty0, ty1, tx0, tx1 = self.windows[target].outer
@@ -445,14 +492,16 @@ class TiledTracker:
         # objects prompted only before the start join with their latest prompts there (keyframes)
         behind = sorted((f for f in pending if (f > start if reverse else f < start)), key=lambda f: abs(f - start))
         for f in behind:
-            for obj, group in sorted(pending[f].items()):
-                if obj not in self.home:
-                    self._apply(self._target(obj, group), f, group)
+            joining = {obj: group for obj, group in pending[f].items() if obj not in self.home}
+            targets = self._targets(joining)
+            for obj, group in sorted(joining.items()):
+                self._apply(targets[obj], f, group)
         n = self.num_frames if max_frames is None else int(max_frames)
         order = range(start, max(start - n, 0) - 1, -1) if reverse else range(start, min(start + n, self.num_frames - 1) + 1)
         for f in order:
+            targets = self._targets(pending.get(f, {}))
             for obj, group in sorted(pending.get(f, {}).items()):
-                self._apply(self._target(obj, group), f, group)
+                self._apply(targets[obj], f, group)
             results = self.step(f, reverse)
             yield f, [self.to_native(w, obj, lg) for obj, w, lg in results]
             self._handover(results, f)
