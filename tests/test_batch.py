@@ -40,13 +40,19 @@ def test_manifest_parsing(lab, tmp_path):
     assert [j.direction for j in jobs] == ["forward", "both", "both"]
     assert jobs[0].movie == str(lab / "m0.tif") and jobs[2].out == str(lab / "out" / "m1.zarr")
     y = tmp_path / "jobs.yaml"
-    y.write_text("jobs:\n  - {movie: a.tif, out: a_labels.tif, channels: '0 2', max_frames: 5}\n")
-    (job,) = read_manifest(y)
-    assert job.channels == [0, 2] and job.max_frames == 5 and job.prompts is None
+    y.write_text("jobs:\n  - {movie: a.tif, out: a_labels.tif, channels: '0 2', max_frames: 5}\n"
+                 "  - {movie: b.tif, out: b_labels.tif, stabilize: true}\n")
+    job, steady = read_manifest(y)
+    assert job.channels == [0, 2] and job.max_frames == 5 and job.prompts is None and not job.stabilize
+    assert steady.stabilize is True
+    c = tmp_path / "flags.csv"
+    c.write_text("movie,out,stabilize\na.tif,a.zarr,yes\nb.tif,b.zarr,0\nc.tif,c.zarr,\n")
+    assert [j.stabilize for j in read_manifest(c)] == [True, False, False]
     bad = tmp_path / "bad.csv"
     for text, needle in [("movie\na.tif\n", "'out' is required"), ("movie,out,colour\na,b,c\n", "unknown columns"),
                          ("movie,out\na,x.tif\nb,x.tif\n", "same output"),
-                         ("movie,out,direction\na,b,sideways\n", "direction must be")]:
+                         ("movie,out,direction\na,b,sideways\n", "direction must be"),
+                         ("movie,out,stabilize\na,b,maybe\n", "expected true or false")]:
         bad.write_text(text)
         with pytest.raises(ManifestError, match=needle):
             read_manifest(bad)

@@ -9,7 +9,8 @@ Manifest (CSV with a header, or YAML: a list of mappings, or ``{jobs: [...]}``),
   every object automatically (``auto``);
 - optional ``seed_frame``, ``direction``, ``max_frames``, ``model``, ``channels`` (e.g. ``0 2``),
   ``cell_diameter`` (px: frames are resized so that cells reach the size the model tracks best;
-  see :func:`sam2_core.track.track`).
+  see :func:`sam2_core.track.track`), ``stabilize`` (true/false: remove stage drift before
+  tracking; :mod:`sam2_core.stabilize`).
 
 A job whose ``out`` exists is skipped (outputs are written under a temporary name and renamed,
 so an existing output is a finished one); a failing job is reported and the others go on.
@@ -25,7 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-_FIELDS = ("movie", "out", "prompts", "seed_frame", "direction", "max_frames", "model", "channels", "cell_diameter")
+_FIELDS = ("movie", "out", "prompts", "seed_frame", "direction", "max_frames", "model", "channels", "cell_diameter",
+           "stabilize")
 
 
 class ManifestError(ValueError):
@@ -43,6 +45,19 @@ class Job:
     model: str | None = None
     channels: list[int] | None = None
     cell_diameter: float | None = None
+    stabilize: bool = False
+
+
+def _flag(value: Any) -> bool:
+    """A manifest's true/false cell (CSV text or YAML bool)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "y"):
+        return True
+    if text in ("0", "false", "no", "n"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 @dataclass
@@ -85,6 +100,7 @@ def _job(row: dict[str, Any], base: Path, where: str) -> Job:
             model=str(row["model"]) if "model" in row else None,
             channels=[int(c) for c in channels] if channels is not None else None,
             cell_diameter=float(row["cell_diameter"]) if "cell_diameter" in row else None,
+            stabilize=_flag(row["stabilize"]) if "stabilize" in row else False,
         )
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{where}: {e}") from None
@@ -149,13 +165,16 @@ def run_job(job: Job, model: str = "default", device: str | None = None, threads
             prompts = read_prompts(job.prompts)
             check_prompts(prompts, source.num_frames, source.height, source.width)
             labels = track(source, prompts, model=predictor, direction=job.direction, max_frames=job.max_frames,
-                           cell_diameter=job.cell_diameter)
+                           cell_diameter=job.cell_diameter, stabilize=job.stabilize)
         else:
             from sam2_core.automatic import track_all
 
             labels = track_all(source, job.seed_frame, model=predictor, direction=job.direction,
-                               max_frames=job.max_frames, cell_diameter=job.cell_diameter)
-        _write_labels(out, labels, window_provenance(predictor, source, None, job.cell_diameter))
+                               max_frames=job.max_frames, cell_diameter=job.cell_diameter,
+                               stabilize=job.stabilize)
+        info = window_provenance(predictor, source, None, job.cell_diameter)
+        info["stabilize"] = job.stabilize
+        _write_labels(out, labels, info)
         return JobResult(job.movie, job.out, "done", time.perf_counter() - t0, len(np.unique(labels)) - 1)
     except Exception as e:  # reported, the batch goes on
         return JobResult(job.movie, job.out, "failed", time.perf_counter() - t0, error=f"{type(e).__name__}: {e}")

@@ -133,15 +133,17 @@ def _cmd_track(args: argparse.Namespace) -> int:
             labels = track_all(source, args.seed_frame, model=predictor, direction=args.direction,
                                max_frames=args.max_frames, fill_holes=args.fill_holes, min_size=args.min_size,
                                progress=progress, scale=args.scale, cell_diameter=args.cell_diameter,
-                               windows=False if args.no_windows else None)
+                               windows=False if args.no_windows else None, stabilize=args.stabilize)
         else:
             labels = track(source, prompts, model=predictor, direction=args.direction, max_frames=args.max_frames,
                            fill_holes=args.fill_holes, min_size=args.min_size,
                            embedding_cache=args.embedding_cache, progress=progress, scale=args.scale,
-                           cell_diameter=args.cell_diameter, windows=False if args.no_windows else None)
+                           cell_diameter=args.cell_diameter, windows=False if args.no_windows else None,
+                           stabilize=args.stabilize)
     finally:
         bar.close()
     info = window_provenance(predictor, source, args.scale, args.cell_diameter, not args.no_windows)
+    info["stabilize"] = bool(args.stabilize)
     _write_labels(out, labels, info)
     print(f"{out}: {len(np.unique(labels)) - 1} objects over {labels.shape[0]} frames ({args.speed} mode)")
     if args.ctc:
@@ -418,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-windows", action="store_true",
                    help="resize whole frames to the model input (Meta's way) instead of tracking frames "
                         "larger than 1.25x the input in windows at their own scale")
+    t.add_argument("--stabilize", action="store_true",
+                   help="remove stage drift first: the frames are registered (whole-field translation, phase "
+                        "correlation) and tracked on a steady canvas; labels are written at each frame's own "
+                        "pixels")
     t.add_argument("--ctc", default=None, help="also write a Cell Tracking Challenge result folder here")
     t.add_argument("--csv", default=None, help="also write per-object, per-frame measurements (CSV) here")
     t.set_defaults(func=_cmd_track)

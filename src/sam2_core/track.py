@@ -227,6 +227,7 @@ def track(
     scale: float | None = None,
     cell_diameter: float | None = None,
     windows: bool | None = None,
+    stabilize: bool = False,
 ) -> Any:
     """Track prompted objects through a stack; returns (T, Y, X) labels of object ids.
 
@@ -250,6 +251,9 @@ def track(
             (:class:`sam2_core.tiled_track.TiledTracker`). None (default): when the scaled frame
             is larger than 1.25x the input, or a scale other than 1 is asked for; False: resize
             whole frames to the input (Meta's way).
+        stabilize: remove the field's common translation (stage drift) before tracking: the
+            frames are registered by phase correlation and tracked on a steady canvas; labels
+            and prompts stay in each frame's recorded pixels (:mod:`sam2_core.stabilize`).
     """
     from sam2_core.io.frames import FrameSource
     from sam2_core.tiled_track import TiledTracker, iter_labels, uses_windows
@@ -259,25 +263,37 @@ def track(
     factor = resolve_scale(predictor.model, scale, cell_diameter)
     source = frames if isinstance(frames, FrameSource) else FrameSource(
         frames, contrast_limits=contrast_limits, channels=channels, channel_axis=channel_axis)
+    n_frames, recorded_hw, canvas = source.num_frames, (source.height, source.width), None
+    if stabilize:
+        from sam2_core.stabilize import SteadyCanvas, estimate_drift
+
+        bad = sorted({int(p.frame) for p in prompts if not 0 <= int(p.frame) < n_frames})
+        if bad:
+            raise IndexError(f"prompts on frames {bad} are outside the stack (0 .. {n_frames - 1})")
+        canvas = SteadyCanvas(source, estimate_drift(source))
+        prompts = [canvas.prompt_to_canvas(p) for p in prompts]
+        source = FrameSource(canvas, contrast_limits=(0.0, 1.0))
     if not uses_windows(source.height, source.width, predictor.image_size, factor, windows):
         state = predictor.init_state(source, embedding_cache=embedding_cache)
-        n, hw = state.num_frames, (state.video_height, state.video_width)
+        n = state.num_frames
         labels = ((f, lab, False) for f, lab in track_iter(predictor, state, prompts, direction=direction,
                                                            max_frames=max_frames, fill_holes=fill_holes,
                                                            min_size=min_size))
         close = lambda: predictor.close_state(state)  # noqa: E731
     else:
         tracker = TiledTracker(predictor, source, scale=factor, embedding_cache=embedding_cache)
-        n, hw = tracker.num_frames, tracker.hw
+        n = tracker.num_frames
         labels = iter_labels(tracker, prompts, direction=direction, max_frames=max_frames,
                              fill_holes=fill_holes, min_size=min_size)
         close = tracker.close
     if out is None:
-        out = np.zeros((n, *hw), labels_dtype(max(int(p.object_id) for p in prompts)))
+        out = np.zeros((n, *recorded_hw), labels_dtype(max(int(p.object_id) for p in prompts)))
     total = n if max_frames is None else min(n, max_frames + 1)
     done = 0
     try:
         for f, lab, again in labels:
+            if canvas is not None:
+                lab = canvas.labels_to_frame(lab, f)
             if again:  # objects that reached this frame in a later pass go under the earlier ones
                 old = np.asarray(out[f])
                 out[f] = np.where(old > 0, old, lab)
