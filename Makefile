@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_bundled.py
 	$(PY) benchmarks/bench_image.py
 	$(PY) benchmarks/bench_windows.py
+	$(PY) benchmarks/bench_drift.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -625,3 +625,44 @@ def test_large_stack_is_tracked_in_windows_at_its_own_scale(make_napari_viewer, 
     assert c.session.scale == pytest.approx(2.0)
     w.cell_diameter.value = 0.0
     assert c.session.scale == 1.0
+
+
+def test_correct_stage_drift_tracks_on_a_steady_canvas(make_napari_viewer, qtbot):
+    """'Correct stage drift': a field drifting 3 px per frame is registered and tracked on a
+    steady canvas; clicks and labels stay in each frame's own pixels."""
+    from sam2_core.build import bundled_checkpoint
+    from sam2_core.simulate_cells import simulate_cells
+
+    if bundled_checkpoint() is None:
+        pytest.skip("no bundled weights in this installation")
+    n, size, step = 8, 160, 3
+    sim = simulate_cells(1, (size, size + n * step), seed=501, radius=(9.0, 12.0))
+    movie = np.stack([sim.movie[0][:, t * step : t * step + size] for t in range(n)])  # the field moves left
+    truth = [sim.labels[0][:, t * step : t * step + size] for t in range(n)]
+    viewer = make_napari_viewer()
+    viewer.add_image(movie, name="drifting")
+    viewer.dims.current_step = (0, 0, 0)
+    w = _dock(viewer)
+    c = w.controller
+    w.stabilize.value = True
+    ids, areas = np.unique(truth[0], return_counts=True)
+    picked = [int(k) for k, a in zip(ids, areas) if k and a > 150  # well inside the field on every frame
+              and np.nonzero(truth[0] == k)[1].min() > n * step + 20 and np.nonzero(truth[0] == k)[1].max() < size - 20][:2]
+    for oid, k in enumerate(picked, start=1):
+        ys, xs = np.nonzero(truth[0] == k)
+        _click(c, 0, ys.mean(), xs.mean(), oid=oid)
+        _wait_idle(qtbot, c)
+    labels = viewer.layers[A.LABELS]
+    assert c.session.stabilize and c.session.windowed(), _errors()
+    clicked = [((labels.data[0] == o) & (truth[0] == k)).sum() / ((labels.data[0] == o) | (truth[0] == k)).sum()
+               for o, k in enumerate(picked, start=1)]
+    assert min(clicked) > 0.6, (clicked, _errors())
+    w.direction.value = "forward"
+    w.propagate.clicked.emit()
+    _wait_idle(qtbot, c, timeout=120_000)
+    last = [((labels.data[-1] == o) & (truth[-1] == k)).sum() / ((labels.data[-1] == o) | (truth[-1] == k)).sum()
+            for o, k in enumerate(picked, start=1)]
+    assert min(last) > 0.6, (last, _errors())
+    assert labels.data.shape == movie.shape and labels.metadata["napari_sam2"]["stabilize"] is True
+    w.stabilize.value = False
+    assert not c.session.stabilize

@@ -85,6 +85,7 @@ class Controller:
         self.model_spec = ("default", "", "auto")
         self.speed = "exact"
         self.cell_diameter: float | None = None
+        self.stabilize = False  # remove stage drift before tracking (sam2_core.stabilize)
         self.session: SegmentationSession | None = None
         self.object_id = 1
         self.negative = False
@@ -186,7 +187,8 @@ class Controller:
             return
         self.speed = speed
         if self.session is not None:
-            self.session = SegmentationSession(self.session.model, speed=speed, cell_diameter=self.cell_diameter)
+            self.session = SegmentationSession(self.session.model, speed=speed, cell_diameter=self.cell_diameter,
+                                               stabilize=self.stabilize)
         self.status_changed(f"speed: {speed} (used from the next segmentation or propagation)")
 
     def set_cell_diameter(self, diameter: float | None) -> None:
@@ -201,13 +203,29 @@ class Controller:
             return
         if self.session is not None:
             try:
-                session = SegmentationSession(self.session.model, speed=self.speed, cell_diameter=diameter)
+                session = SegmentationSession(self.session.model, speed=self.speed, cell_diameter=diameter,
+                                              stabilize=self.stabilize)
             except ValueError as e:
                 self._fail(f"Cell diameter: {e}")
                 return
             self.session = session
         self.cell_diameter = diameter
         self.status_changed("cell diameter: " + (f"{diameter:g} px" if diameter else "off (recorded scale)")
+                            + " (used from the next segmentation or propagation)")
+
+    def set_stabilize(self, on: bool) -> None:
+        """Remove stage drift (the whole field's translation) before tracking: the stack is
+        registered once and tracked on a steady canvas; labels stay in each frame's pixels
+        (``sam2_core.stabilize``). Like a speed change, the tracking is rebuilt from the prompt
+        layers on the next action."""
+        on = bool(on)
+        if on == self.stabilize:
+            return
+        self.stabilize = on
+        if self.session is not None:
+            self.session = SegmentationSession(self.session.model, speed=self.speed,
+                                               cell_diameter=self.cell_diameter, stabilize=on)
+        self.status_changed("stage drift: " + ("removed before tracking" if on else "not corrected")
                             + " (used from the next segmentation or propagation)")
 
     def set_object(self, oid: int) -> None:
@@ -434,7 +452,8 @@ class Controller:
                 if progress is not None:
                     progress.close()
             try:
-                self.session = SegmentationSession(model, speed=self.speed, cell_diameter=self.cell_diameter)
+                self.session = SegmentationSession(model, speed=self.speed, cell_diameter=self.cell_diameter,
+                                                   stabilize=self.stabilize)
             except ValueError as e:  # a model without a preferred cell diameter
                 raise ValueError(f"Cell diameter: {e}; set it to 0 for this model") from None
         return self.session

@@ -72,7 +72,7 @@ class SegmentationSession:
     """
 
     def __init__(self, model: Any, *, fill_hole_area: int = 8, speed: str = "exact",
-                 cell_diameter: float | None = None) -> None:
+                 cell_diameter: float | None = None, stabilize: bool = False) -> None:
         from sam2_core.predictor.video import SAM2VideoPredictor
         from sam2_core.track import resolve_scale
 
@@ -83,6 +83,10 @@ class SegmentationSession:
         #: frames are resized by this before tracking (from the cell diameter; 1 = as recorded)
         self.scale = resolve_scale(model, None, self.cell_diameter)
         self._tracker = None  # TiledTracker of stacks tracked in windows (large frames or a scale)
+        #: stage drift removed before tracking (sam2_core.stabilize); the stack is then tracked in
+        #: windows of a steady canvas, prompts and labels stay in each frame's pixels
+        self.stabilize = bool(stabilize)
+        self._canvas = None  # SteadyCanvas of the current stack (made with the tracker)
         self._prompt_dicts: tuple[dict, dict, dict] = ({}, {}, {})
         self._cleared: set[tuple[int, int]] = set()  # (frame, obj) whose prompts the last sync removed
         self.lock = threading.RLock()
@@ -107,7 +111,7 @@ class SegmentationSession:
             self.view = view
             if self._tracker is not None:
                 self._tracker.close()
-            self._tracker = None  # made from the new state's frames on first use
+            self._tracker, self._canvas = None, None  # made from the new state's frames on first use
             self.state = self.predictor.init_state(view.stack_of(data), contrast_limits=contrast_limits)
             self._data_id = key
             self._applied.clear()
@@ -117,13 +121,14 @@ class SegmentationSession:
 
     def windowed(self, view: StackView | None = None) -> bool:
         """Whether the stack is tracked in windows of the model input at the scale of its pixels
-        (frames larger than 1.25x the input, or a cell diameter set): see ``sam2_core.tiled_track``."""
+        (frames larger than 1.25x the input, a cell diameter set, or stage drift removed): see
+        ``sam2_core.tiled_track``."""
         from sam2_core.tiled_track import uses_windows
 
         view = view or self.view
         if view is None or view.axis is None:
             return False
-        return uses_windows(*view.frame_shape, self.model.image_size, self.scale)
+        return self.stabilize or uses_windows(*view.frame_shape, self.model.image_size, self.scale)
 
     def tracker(self):
         """The :class:`~sam2_core.tiled_track.TiledTracker` of the current stack (made on first use)."""
@@ -131,8 +136,23 @@ class SegmentationSession:
 
         self._require()
         if self._tracker is None:
-            self._tracker = TiledTracker(self.predictor, self.state.frames, scale=self.scale)
+            source = self.state.frames
+            if self.stabilize:  # one pass over the stack measures the drift (sam2_core.stabilize)
+                from sam2_core.io.frames import FrameSource
+                from sam2_core.stabilize import SteadyCanvas, estimate_drift
+
+                self._canvas = SteadyCanvas(source, estimate_drift(source))
+                source = FrameSource(self._canvas, contrast_limits=(0.0, 1.0))
+            self._tracker = TiledTracker(self.predictor, source, scale=self.scale)
         return self._tracker
+
+    def _to_tracker(self, prompts: list) -> list:
+        """Prompts on the frames' pixels -> the tracker's (the steady canvas when stabilizing)."""
+        return prompts if self._canvas is None else [self._canvas.prompt_to_canvas(p) for p in prompts]
+
+    def _from_tracker(self, labels: np.ndarray, frame: int) -> np.ndarray:
+        """The tracker's labels of a frame -> the frame's own pixels."""
+        return labels if self._canvas is None else self._canvas.labels_to_frame(labels, frame)
 
     def prompt_list(self, obj_ids: Sequence[int] | None = None) -> list:
         """The current prompts as ``sam2_core.track.Prompt`` objects (optionally of some objects)."""
@@ -157,6 +177,7 @@ class SegmentationSession:
         if self.view is not None and self.view.axis is not None:
             info["scale"] = self.scale
             info["windows"] = self.windowed()
+            info["stabilize"] = self.stabilize
         return info
 
     # --- single large images -------------------------------------------------------------------
@@ -304,8 +325,9 @@ class SegmentationSession:
         if not prompts:
             return np.zeros(self.view.frame_shape, np.uint16), ids
         tracker = self.tracker()
-        results = tracker.preview(frame, prompts)
-        return merge_labels(results, tracker.hw, labels_dtype(max(ids)), tracker.prompted(frame)), ids
+        results = tracker.preview(frame, self._to_tracker(prompts))
+        return self._from_tracker(merge_labels(results, tracker.hw, labels_dtype(max(ids)), tracker.prompted(frame)),
+                                  frame), ids
 
     def remove_object(self, obj_id: int) -> None:
         with self.lock:
@@ -380,13 +402,15 @@ class SegmentationSession:
             if not prompts:
                 raise ValueError("no prompts for the chosen objects: click on an object first")
             tracker = self.tracker()
+            prompts = self._to_tracker(prompts)
         dtype = labels_dtype(max(int(p.object_id) for p in prompts))
         if start is None:
             start = min(int(p.frame) for p in prompts)
 
         def labels(item):  # only objects the pass has reached: the others keep their labels there
             f, results, _ = item
-            return f, merge_labels(results, tracker.hw, dtype, tracker.prompted(f)), sorted(r.obj_id for r in results)
+            lab = self._from_tracker(merge_labels(results, tracker.hw, dtype, tracker.prompted(f)), f)
+            return f, lab, sorted(r.obj_id for r in results)
 
         yield from self._under_lock(
             iter_results(tracker, prompts, direction=direction, max_frames=max_frames, start=start), labels)

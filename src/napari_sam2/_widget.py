@@ -74,6 +74,9 @@ class SAM2Widget(Container):
         self.speed = ComboBox(label="Speed", choices=SPEEDS, value="exact", tooltip=SPEED_HELP)
         self.cell_diameter = FloatSpinBox(label="Cell diameter (px)", min=0.0, max=10000.0, step=1.0, value=0.0,
                                           tooltip=CELL_DIAMETER_HELP)
+        self.stabilize = CheckBox(text="Correct stage drift", value=False, tooltip=(
+            "the whole field moves between frames (a drifting stage): register the frames once and "
+            "track on a steady canvas; labels stay where the cells are in each frame"))
         self.propagate = PushButton(text="Propagate [Shift+P]",
                                     tooltip="track the objects through the stack, frame by frame [Shift+P]")
         self.cancel = PushButton(text="Cancel [Esc]", enabled=False,
@@ -99,7 +102,7 @@ class SAM2Widget(Container):
             self.image, self.axis, self.model, self.checkpoint, self.device, self.object_id, self.negative,
             row(self.new_object, self.delete_object),
             row(self.segment, self.draw_boxes),
-            self.direction, self.all_objects, self.n_frames, self.speed, self.cell_diameter,
+            self.direction, self.all_objects, self.n_frames, self.speed, self.cell_diameter, self.stabilize,
             row(self.propagate, self.cancel),
             row(self.segment_all, self.track_all),
             self.output, self.labels_prompts, self.tracks,
@@ -118,6 +121,7 @@ class SAM2Widget(Container):
             w.changed.connect(lambda *_: c.set_model(self.model.value, self._checkpoint_path(), self.device.value))
         self.speed.changed.connect(lambda v: c.set_speed(v))
         self.cell_diameter.changed.connect(lambda v: c.set_cell_diameter(v))
+        self.stabilize.changed.connect(lambda v: c.set_stabilize(v))
         self.object_id.changed.connect(lambda v: c.set_object(v))
         self.negative.changed.connect(lambda v: c.set_negative(v))
         self.new_object.changed.connect(lambda: self.object_id.set_value(c.new_object()))

@@ -21,13 +21,16 @@ from napari_sam2._actions import Controller
 
 
 def _controller(viewer, image_layer, points_layer=None, labels_layer=None, *, model="default",
-                checkpoint=None, device="auto", axis=None, speed=None, cell_diameter=None) -> Controller:
+                checkpoint=None, device="auto", axis=None, speed=None, cell_diameter=None,
+                stabilize=False) -> Controller:
     c = Controller(viewer, notify=False, threaded=False)
     c.set_model(model, checkpoint or "", device)
     if speed is not None:
         c.set_speed(speed)
     if cell_diameter:
         c.set_cell_diameter(cell_diameter)
+    if stabilize:
+        c.set_stabilize(True)
     c.set_image(image_layer, axis)
     if points_layer is not None and points_layer.name != "SAM2 prompts":
         prompts = c.prompts_layer()
@@ -65,6 +68,8 @@ def propagate(viewer, image_layer, points_layer=None, labels_layer=None, *, dire
     ``cell_diameter`` (keyword, also for :func:`segment`): the cells' typical diameter in pixels;
     frames are resized so that cells reach the size the model tracks best and tracked in windows
     of its input (frames larger than 1.25x the input always are). Default: the recorded scale.
+    ``stabilize`` (keyword): remove stage drift (the whole field's translation) before tracking;
+    labels stay in each frame's pixels (``sam2_core.stabilize``).
     """
     c = _controller(viewer, image_layer, points_layer, labels_layer, speed=speed, **kwargs)
     try:
