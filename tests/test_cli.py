@@ -182,6 +182,14 @@ def test_segment_and_embed(workdir, tmp_path, capsys):
     assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(tmp_path / "o2.tif"),
                  "--model", ckpt, "--embedding-cache", str(emb2), "--scale", "2"]) == 0
     assert sorted(emb2.iterdir()) == files
+    # --stabilize embeds the steady canvas that track --stabilize tracks
+    emb3 = tmp_path / "emb3"
+    assert main(["embed", str(d / "movie.tif"), "--cache", str(emb3), "--model", ckpt, "--stabilize"]) == 0
+    files = sorted(emb3.iterdir())
+    assert len(files) == len(movie) and "5 computed" in capsys.readouterr().out
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(tmp_path / "o3.tif"),
+                 "--model", ckpt, "--embedding-cache", str(emb3), "--stabilize"]) == 0
+    assert sorted(emb3.iterdir()) == files
 
 
 def test_automatic_segment_with_the_bundled_model_finds_the_nuclei(tmp_path, capsys):

@@ -254,6 +254,10 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     from sam2_core.track import resolve_scale
 
     source = FrameSource(args.movie, channels=args.channels)
+    if args.stabilize:  # the steady canvas track --stabilize tracks (the same frames, so the same keys)
+        from sam2_core.stabilize import SteadyCanvas, estimate_drift
+
+        source = FrameSource(SteadyCanvas(source, estimate_drift(source)), contrast_limits=(0.0, 1.0))
     model = _build(args.model, args.device)
     # the caches track will open: the same predictor settings (precision), the same windows
     predictor = SAM2VideoPredictor(model, feature_cache_size=1)
@@ -456,11 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scale", type=float, default=None, help="as for track: give track the same value")
     e.add_argument("--cell-diameter", type=float, default=None, help="as for track: give track the same value")
     e.add_argument("--no-windows", action="store_true", help="as for track: give track the same option")
+    e.add_argument("--stabilize", action="store_true", help="as for track: give track the same option")
     e.set_defaults(func=_cmd_embed)
 
     b = sub.add_parser("batch", help="track every movie of a manifest (CSV/YAML), locally or on Dask")
     b.add_argument("manifest", help="CSV or YAML: movie, out[, prompts, seed_frame, direction, max_frames, model, "
-                                    "channels] per job; no prompts = automatic seeding")
+                                    "channels, cell_diameter, stabilize] per job; no prompts = automatic seeding")
     b.add_argument("--workers", type=int, default=1, help="local worker processes (default: %(default)s)")
     b.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (tcp://host:8786)")
     b.add_argument("--dask-workers", type=int, default=None, help="start a local Dask cluster with N workers")
