@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_drift.py [--threads 2] [--movies 6] [--frames 50] [--drift 0.6,1.0]
-                                     [--model default]
+                                     [--model default] [--memory 100,400]
 
 Prints:
 - a still 512 x 512 simulated field moving 1 px per frame (benchmarks/bench_windows.py's), 41
@@ -13,6 +13,9 @@ Prints:
   the median over tracked cells of their mean IoU with the truth (8 cells clicked on frame 0,
   families counted after divisions, as ``sam2_core.train.evaluate``), with the estimated drift at
   the last frame against the true one, and the drift estimate's cost per frame.
+``--memory 100,400`` instead prints the peak RSS of ``track(stabilize=True)`` through that many
+frames of the still field (512 x 512, 1 px/frame, made on demand; labels discarded as written),
+each count in its own process: memory must not grow with the number of frames.
 """
 
 from __future__ import annotations
@@ -99,6 +102,41 @@ def moving_cells(model, movies: int, frames: int, drift) -> None:
           f"{1000 * np.mean(est_sec):.1f} ms/frame to estimate", flush=True)
 
 
+class _Sink:
+    """A labels output that keeps nothing (memory measurement)."""
+
+    def __init__(self, n: int, size: int) -> None:
+        self.shape, self.dtype = (n, size, size), np.dtype(np.uint16)
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def __getitem__(self, key):
+        return np.zeros(self.shape[1:], self.dtype)
+
+
+def memory_one(n: int, model_name: str) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _procstat import peak_rss_mb
+    from bench_windows import _Drifting
+
+    from sam2_core import build_sam2
+    from sam2_core.track import Prompt, track
+    from sam2_core.train import prompts as P
+
+    size = 512
+    field = _Drifting(n, size)
+    first = field.labels0[:, :size]
+    ids, areas = np.unique(first, return_counts=True)
+    objs = [int(i) for i, _ in sorted(zip(ids, areas), key=lambda x: -x[1]) if i][:4]
+    rng = np.random.default_rng(0)
+    prompts = [Prompt(0, c, P.click_inside(first == c, rng, central=True), [1]) for c in objs]
+    t0 = time.perf_counter()
+    track(field, prompts, model=build_sam2(model_name, device="cpu"), stabilize=True, out=_Sink(n, size))
+    print(f"{n} frames of {size} x {size}, stabilized, {len(objs)} nuclei: peak RSS {peak_rss_mb():.0f} MB, "
+          f"{(time.perf_counter() - t0) / n:.2f} s/frame", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -106,8 +144,20 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=50)
     ap.add_argument("--drift", default="0.6,1.0", help="dy,dx px per frame of the moving-cells movies")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--memory", default="", help="frame counts for the peak-RSS check, e.g. 100,400")
+    ap.add_argument("--_one", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args._one:
+        return memory_one(args._one, args.model)
+    if args.memory:
+        import subprocess
+
+        for n in [int(x) for x in args.memory.split(",")]:
+            out = subprocess.run([sys.executable, __file__, "--_one", str(n), "--threads", str(args.threads),
+                                  "--model", args.model], capture_output=True, text=True, check=True).stdout.strip()
+            print(out, flush=True)
+        return
     from sam2_core import build_sam2
 
     model = build_sam2(checkpoint=args.model, device="cpu") if args.model.endswith(".pt") else build_sam2(args.model, device="cpu")
