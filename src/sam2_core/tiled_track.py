@@ -227,6 +227,7 @@ class TiledTracker:
         self.windows = window_lattice(self.frames.height, self.frames.width, size, self.halo)
         self._ys = sorted({w.core[0] for w in self.windows})
         self._xs = sorted({w.core[2] for w in self.windows})
+        self._zone_cache: dict[float, np.ndarray] = {}  # margin -> _zones
         self.embedding_cache = embedding_cache
         self.states: dict[int, Any] = {}
         self.home: dict[int, int] = {}  # object id -> window index
@@ -270,30 +271,46 @@ class TiledTracker:
     def _cover(self, where: dict[int, tuple[float, float]]) -> dict[int, int]:
         """Windows for objects centred at scaled (y, x): windows already encoded for other objects
         that fit them a halo inside (:meth:`_fits`) first, then, greedily, the windows that fit
-        the most of them, so that fewer windows are encoded; else the window whose core holds them."""
-        busy = {w for o, w in self.home.items() if o not in where}
-        todo, out = dict(where), {}
-        while todo:
-            fits = {w: [o for o, (y, x) in todo.items() if self._fits(w, y, x, self.halo)]
-                    for w in range(len(self.windows))}
-            best = max(fits, key=lambda w: (w in busy and bool(fits[w]), len(fits[w]), -self._off_centre(w, fits[w], todo)))
-            if not fits[best]:
-                out.update({o: self.window_of(y, x) for o, (y, x) in todo.items()})
+        the most of them (ties: the window whose centre is nearest theirs), so that fewer windows
+        are encoded; else the window whose core holds them. Vectorised over windows x objects."""
+        if not where:
+            return {}
+        objs = list(where)
+        pts = np.array([where[o] for o in objs], np.float64)  # (N, 2) y, x
+        zone = self._zones(self.halo)  # (W, 4)
+        fit = ((zone[:, 0:1] <= pts[None, :, 0]) & (pts[None, :, 0] < zone[:, 1:2])
+               & (zone[:, 2:3] <= pts[None, :, 1]) & (pts[None, :, 1] < zone[:, 3:4]))  # (W, N)
+        outer = np.array([w.outer for w in self.windows], np.float64)
+        centres = np.stack([(outer[:, 0] + outer[:, 1]) / 2, (outer[:, 2] + outer[:, 3]) / 2], axis=1)
+        busy = np.zeros(len(self.windows), bool)
+        busy[[w for o, w in self.home.items() if o not in where]] = True
+        left = np.ones(len(objs), bool)
+        out: dict[int, int] = {}
+        while left.any():
+            f = fit & left[None, :]
+            counts = f.sum(axis=1)
+            if counts.max() == 0:
+                out.update({objs[i]: self.window_of(*pts[i]) for i in np.nonzero(left)[0]})
                 break
-            for o in fits[best]:
-                out[o] = best
-                del todo[o]
-            busy.add(best)
+            mean = (f.astype(np.float64) @ pts) / np.maximum(counts, 1)[:, None]
+            off = ((mean - centres) ** 2).sum(axis=1)
+            best = int(np.lexsort((off, -counts, -(busy & (counts > 0)).astype(np.int64)))[0])
+            for i in np.nonzero(f[best])[0]:
+                out[objs[i]] = best
+            left &= ~f[best]
+            busy[best] = True
         return out
 
-    def _off_centre(self, w: int, objs: list[int], where: dict[int, tuple[float, float]]) -> float:
-        """Squared distance from window w's centre to the mean centre of ``objs`` (ties: the most
-        central window, the most context around the objects)."""
-        if not objs:
-            return 0.0
-        y0, y1, x0, x1 = self.windows[w].outer
-        cy, cx = np.mean([where[o] for o in objs], axis=0)
-        return float((cy - (y0 + y1) / 2) ** 2 + (cx - (x0 + x1) / 2) ** 2)
+    def _zones(self, margin: float) -> np.ndarray:
+        """(W, 4) y_lo, y_hi, x_lo, x_hi: where a centre lies ``margin`` inside each window (edges
+        on the frame's border need no margin)."""
+        if margin not in self._zone_cache:
+            H, W = self.frames.height, self.frames.width
+            self._zone_cache[margin] = np.array(
+                [[y0 + margin if y0 > 0 else 0, y1 - margin if y1 < H else H,
+                  x0 + margin if x0 > 0 else 0, x1 - margin if x1 < W else W]
+                 for y0, y1, x0, x1 in (w.outer for w in self.windows)], np.float64)
+        return self._zone_cache[margin]
 
     def _inside_core(self, w: int, y: float, x: float) -> bool:
         """Still at home: within halo/2 of the core, or 3/4 of a halo inside the window (objects
@@ -304,10 +321,8 @@ class TiledTracker:
 
     def _fits(self, w: int, y: float, x: float, margin: float) -> bool:
         """(y, x) lies in window w at least ``margin`` from each of its edges inside the frame."""
-        y0, y1, x0, x1 = self.windows[w].outer
-        H, W = self.frames.height, self.frames.width
-        return ((y0 + margin if y0 > 0 else 0) <= y < (y1 - margin if y1 < H else H)
-                and (x0 + margin if x0 > 0 else 0) <= x < (x1 - margin if x1 < W else W))
+        y_lo, y_hi, x_lo, x_hi = self._zones(margin)[w]
+        return y_lo <= y < y_hi and x_lo <= x < x_hi
 
     # --- window states -----------------------------------------------------------------------
 
