@@ -108,6 +108,8 @@ def test_track_with_stabilize_follows_a_drifting_field(model):
     prompts = [Prompt(0, k, points=P.click_inside(first == k, rng, central=True)) for k in objs]
     steady = track(movie, prompts, model=model, stabilize=True)
     plain = track(movie, prompts, model=model)
+    given = track(movie, prompts, model=model, stabilize=estimate_drift(FrameSource(movie)))  # a drift measured before
+    np.testing.assert_array_equal(given, steady)
     assert steady.shape == movie.shape and steady.dtype == plain.dtype
     scores, left = {}, {}
     for name, lab in (("steady", steady), ("plain", plain)):
@@ -136,4 +138,6 @@ def test_cli_track_stabilize(tmp_path):
     out = tmp_path / "lab.tif"
     assert main(["track", str(tmp_path / "m.tif"), "--prompts", str(tmp_path / "p.csv"), "--out", str(out),
                  "--stabilize"]) == 0
-    assert tifffile.imread(out).shape == movie.shape and read_labels_info(out)["stabilize"] is True
+    info = read_labels_info(out)
+    assert tifffile.imread(out).shape == movie.shape and info["stabilize"] is True
+    assert len(info["drift"]) == 6 and np.allclose(info["drift"][5], [5.0, 5.0], atol=0.5)  # the drift removed

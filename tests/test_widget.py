@@ -664,5 +664,6 @@ def test_correct_stage_drift_tracks_on_a_steady_canvas(make_napari_viewer, qtbot
             for o, k in enumerate(picked, start=1)]
     assert min(last) > 0.6, (last, _errors())
     assert labels.data.shape == movie.shape and labels.metadata["napari_sam2"]["stabilize"] is True
+    assert np.allclose(labels.metadata["napari_sam2"]["drift"][-1], [0.0, -step * (n - 1)], atol=0.5)
     w.stabilize.value = False
     assert not c.session.stabilize

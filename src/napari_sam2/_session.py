@@ -177,7 +177,9 @@ class SegmentationSession:
         if self.view is not None and self.view.axis is not None:
             info["scale"] = self.scale
             info["windows"] = self.windowed()
-            info["stabilize"] = self.stabilize
+            from sam2_core.stabilize import provenance
+
+            info.update(provenance(self._canvas.drift) if self._canvas is not None else {"stabilize": self.stabilize})
         return info
 
     # --- single large images -------------------------------------------------------------------

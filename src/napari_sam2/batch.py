@@ -146,10 +146,11 @@ def run_job(job: Job, model: str = "default", device: str | None = None, threads
     try:
         import numpy as np
 
-        from napari_sam2.cli import _build, _write_labels, window_provenance
+        from napari_sam2.cli import _build, _drift, _write_labels, window_provenance
         from napari_sam2.prompts_io import check_prompts, read_prompts
         from sam2_core.io import FrameSource
         from sam2_core.predictor.video import SAM2VideoPredictor
+        from sam2_core.stabilize import provenance as stabilize_provenance
         from sam2_core.track import track
 
         if threads:
@@ -161,19 +162,20 @@ def run_job(job: Job, model: str = "default", device: str | None = None, threads
             raise FileNotFoundError(f"output folder {out.parent} does not exist")
         source = FrameSource(job.movie, channels=job.channels)
         predictor = SAM2VideoPredictor(_build(job.model or model, device), speed=speed)
+        drift, seen = _drift(source, job.stabilize)
         if job.prompts:
             prompts = read_prompts(job.prompts)
             check_prompts(prompts, source.num_frames, source.height, source.width)
             labels = track(source, prompts, model=predictor, direction=job.direction, max_frames=job.max_frames,
-                           cell_diameter=job.cell_diameter, stabilize=job.stabilize)
+                           cell_diameter=job.cell_diameter, stabilize=drift)
         else:
             from sam2_core.automatic import track_all
 
             labels = track_all(source, job.seed_frame, model=predictor, direction=job.direction,
                                max_frames=job.max_frames, cell_diameter=job.cell_diameter,
-                               stabilize=job.stabilize)
-        info = window_provenance(predictor, source, None, job.cell_diameter)
-        info["stabilize"] = job.stabilize
+                               stabilize=drift)
+        info = window_provenance(predictor, seen, None, job.cell_diameter)
+        info.update(stabilize_provenance(drift))
         _write_labels(out, labels, info)
         return JobResult(job.movie, job.out, "done", time.perf_counter() - t0, len(np.unique(labels)) - 1)
     except Exception as e:  # reported, the batch goes on

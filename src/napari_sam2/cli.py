@@ -55,7 +55,8 @@ CELL_DIAMETER_HELP = ("the cells' (nuclei's) typical diameter in pixels: frames 
 
 def window_provenance(predictor, source, scale: float | None, cell_diameter: float | None,
                       windows: bool = True) -> dict:
-    """The predictor's provenance plus the frame scale and whether frames were tracked in windows."""
+    """The predictor's provenance plus the frame scale and whether frames were tracked in windows
+    (``source``: what was tracked, a FrameSource or a steady canvas, with height and width)."""
     from sam2_core.tiled_track import uses_windows
     from sam2_core.track import resolve_scale
 
@@ -64,6 +65,17 @@ def window_provenance(predictor, source, scale: float | None, cell_diameter: flo
     info["windows"] = uses_windows(source.height, source.width, predictor.model.image_size, info["scale"],
                                    None if windows else False)
     return info
+
+
+def _drift(source, on: bool):
+    """(drift or None, what is tracked): with ``on``, the stack's stage drift, measured once
+    (:func:`sam2_core.stabilize.estimate_drift`), and the steady canvas tracked instead of the frames."""
+    if not on:
+        return None, source
+    from sam2_core.stabilize import SteadyCanvas, estimate_drift
+
+    drift = estimate_drift(source)
+    return drift, SteadyCanvas(source, drift)
 
 
 def _speed_help() -> str:
@@ -104,6 +116,7 @@ def _cmd_track(args: argparse.Namespace) -> int:
     from napari_sam2.prompts_io import check_prompts, read_prompts
     from sam2_core.io import FrameSource
     from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.stabilize import provenance as stabilize_provenance
     from sam2_core.track import track
 
     out = Path(args.out)
@@ -124,6 +137,7 @@ def _cmd_track(args: argparse.Namespace) -> int:
         check_prompts(prompts, source.num_frames, source.height, source.width)
     model = _build(args.model, args.device)
     predictor = SAM2VideoPredictor(model, speed=args.speed, compile=args.compile)
+    drift, seen = _drift(source, args.stabilize)
     bar = _progress_bar(source.num_frames, "tracking")
     progress = lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n))  # noqa: E731
     try:
@@ -133,17 +147,17 @@ def _cmd_track(args: argparse.Namespace) -> int:
             labels = track_all(source, args.seed_frame, model=predictor, direction=args.direction,
                                max_frames=args.max_frames, fill_holes=args.fill_holes, min_size=args.min_size,
                                progress=progress, scale=args.scale, cell_diameter=args.cell_diameter,
-                               windows=False if args.no_windows else None, stabilize=args.stabilize)
+                               windows=False if args.no_windows else None, stabilize=drift)
         else:
             labels = track(source, prompts, model=predictor, direction=args.direction, max_frames=args.max_frames,
                            fill_holes=args.fill_holes, min_size=args.min_size,
                            embedding_cache=args.embedding_cache, progress=progress, scale=args.scale,
                            cell_diameter=args.cell_diameter, windows=False if args.no_windows else None,
-                           stabilize=args.stabilize)
+                           stabilize=drift)
     finally:
         bar.close()
-    info = window_provenance(predictor, source, args.scale, args.cell_diameter, not args.no_windows)
-    info["stabilize"] = bool(args.stabilize)
+    info = window_provenance(predictor, seen, args.scale, args.cell_diameter, not args.no_windows)
+    info.update(stabilize_provenance(drift))
     _write_labels(out, labels, info)
     print(f"{out}: {len(np.unique(labels)) - 1} objects over {labels.shape[0]} frames ({args.speed} mode)")
     if args.ctc:
@@ -255,9 +269,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     source = FrameSource(args.movie, channels=args.channels)
     if args.stabilize:  # the steady canvas track --stabilize tracks (the same frames, so the same keys)
-        from sam2_core.stabilize import SteadyCanvas, estimate_drift
-
-        source = FrameSource(SteadyCanvas(source, estimate_drift(source)), contrast_limits=(0.0, 1.0))
+        source = FrameSource(_drift(source, True)[1], contrast_limits=(0.0, 1.0))
     model = _build(args.model, args.device)
     # the caches track will open: the same predictor settings (precision), the same windows
     predictor = SAM2VideoPredictor(model, feature_cache_size=1)

@@ -75,6 +75,14 @@ def estimate_drift(source: Any, *, max_side: int = 512, upsample: int = 10,
     return drift
 
 
+def provenance(drift: np.ndarray | None) -> dict:
+    """What the labels' metadata records about stabilization: whether it was used and, if so,
+    the drift removed ((dy, dx) per frame, 0.01 px)."""
+    if drift is None:
+        return {"stabilize": False}
+    return {"stabilize": True, "drift": np.round(np.asarray(drift, np.float64), 2).tolist()}
+
+
 class SteadyCanvas:
     """A (T, H', W', 3) float32 stack of a FrameSource's normalised frames, each placed on a
     canvas at its whole-pixel offset so that the field stays still (module doc).

@@ -227,7 +227,7 @@ def track(
     scale: float | None = None,
     cell_diameter: float | None = None,
     windows: bool | None = None,
-    stabilize: bool = False,
+    stabilize: Any = False,
 ) -> Any:
     """Track prompted objects through a stack; returns (T, Y, X) labels of object ids.
 
@@ -251,9 +251,10 @@ def track(
             (:class:`sam2_core.tiled_track.TiledTracker`). None (default): when the scaled frame
             is larger than 1.25x the input, or a scale other than 1 is asked for; False: resize
             whole frames to the input (Meta's way).
-        stabilize: remove the field's common translation (stage drift) before tracking: the
-            frames are registered by phase correlation and tracked on a steady canvas; labels
-            and prompts stay in each frame's recorded pixels (:mod:`sam2_core.stabilize`).
+        stabilize: True: remove the field's common translation (stage drift) before tracking:
+            the frames are registered by cross-correlation and tracked on a steady canvas; labels
+            and prompts stay in each frame's recorded pixels (:mod:`sam2_core.stabilize`). Or a
+            (T, 2) drift already measured (:func:`sam2_core.stabilize.estimate_drift`).
     """
     from sam2_core.io.frames import FrameSource
     from sam2_core.tiled_track import TiledTracker, iter_labels, uses_windows
@@ -264,13 +265,13 @@ def track(
     source = frames if isinstance(frames, FrameSource) else FrameSource(
         frames, contrast_limits=contrast_limits, channels=channels, channel_axis=channel_axis)
     n_frames, recorded_hw, canvas = source.num_frames, (source.height, source.width), None
-    if stabilize:
+    if stabilize is not None and not (isinstance(stabilize, bool) and not stabilize):
         from sam2_core.stabilize import SteadyCanvas, estimate_drift
 
         bad = sorted({int(p.frame) for p in prompts if not 0 <= int(p.frame) < n_frames})
         if bad:
             raise IndexError(f"prompts on frames {bad} are outside the stack (0 .. {n_frames - 1})")
-        canvas = SteadyCanvas(source, estimate_drift(source))
+        canvas = SteadyCanvas(source, estimate_drift(source) if stabilize is True else stabilize)
         prompts = [canvas.prompt_to_canvas(p) for p in prompts]
         source = FrameSource(canvas, contrast_limits=(0.0, 1.0))
     if not uses_windows(source.height, source.width, predictor.image_size, factor, windows):
