@@ -74,7 +74,11 @@ def _drift(source, on: bool):
         return None, source
     from sam2_core.stabilize import SteadyCanvas, estimate_drift
 
-    drift = estimate_drift(source)
+    bar = _progress_bar(max(source.num_frames - 1, 1), "measuring stage drift")
+    try:
+        drift = estimate_drift(source, progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
     return drift, SteadyCanvas(source, drift)
 
 

@@ -60,16 +60,17 @@ def estimate_drift(source: Any, *, max_side: int = 512, upsample: int = 10,
     n = source.num_frames
     k = max(1, int(np.ceil(max(source.height, source.width) / max_side)))
     drift = np.zeros((n, 2), np.float64)
-    prev = _gray(source.unit_rgb(0), k)
+    prev, last = _gray(source.unit_rgb(0), k), 0
     for t in range(1, n):
         cur = _gray(source.unit_rgb(t), k)
-        if prev.std() > 0 and cur.std() > 0:  # a constant frame carries no position
-            # shift that registers cur onto prev = minus the field's motion from t-1 to t
+        drift[t] = drift[t - 1]
+        if cur.std() > 0 and prev.std() > 0:  # a constant frame carries no position: skipped
+            # the shift that registers cur onto the last frame with content = minus the field's
+            # motion since then
             shift, _, _ = phase_cross_correlation(prev, cur, upsample_factor=upsample, normalization=None)
-            drift[t] = drift[t - 1] - np.asarray(shift, np.float64) * k
-        else:
-            drift[t] = drift[t - 1]
-        prev = cur
+            drift[t] = drift[last] - np.asarray(shift, np.float64) * k
+        if cur.std() > 0 or prev.std() == 0:
+            prev, last = cur, t
         if progress is not None:
             progress(t, n - 1)
     return drift
