@@ -138,11 +138,10 @@ class SegmentationSession:
         if self._tracker is None:
             source = self.state.frames
             if self.stabilize:  # one pass over the stack measures the drift (sam2_core.stabilize)
-                from sam2_core.io.frames import FrameSource
                 from sam2_core.stabilize import SteadyCanvas, estimate_drift
 
                 self._canvas = SteadyCanvas(source, estimate_drift(source))
-                source = FrameSource(self._canvas, contrast_limits=(0.0, 1.0))
+                source = self._canvas.frames()
             self._tracker = TiledTracker(self.predictor, source, scale=self.scale)
         return self._tracker
 

@@ -273,7 +273,7 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
     source = FrameSource(args.movie, channels=args.channels)
     if args.stabilize:  # the steady canvas track --stabilize tracks (the same frames, so the same keys)
-        source = FrameSource(_drift(source, True)[1], contrast_limits=(0.0, 1.0))
+        source = _drift(source, True)[1].frames()
     model = _build(args.model, args.device)
     # the caches track will open: the same predictor settings (precision), the same windows
     predictor = SAM2VideoPredictor(model, feature_cache_size=1)

@@ -33,16 +33,13 @@ FILL_PERCENTILE = 10.0
 
 
 def _gray(frame: np.ndarray, k: int) -> np.ndarray:
-    """(Y, X, 3) unit RGB -> (Y/k, X/k) float32 mean of channels, block-averaged by k, mean-free
-    and tapered by a Hann window (the frame's edges do not correlate at zero shift)."""
-    from skimage.filters import window
-
+    """(Y, X, 3) unit RGB -> (Y/k, X/k) float32 mean of channels, block-averaged by k, mean-free."""
     g = np.asarray(frame, np.float32)
     g = g.mean(axis=-1) if g.ndim == 3 else g
     if k > 1:
         h, w = (g.shape[0] // k) * k, (g.shape[1] // k) * k
         g = g[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
-    return (g - g.mean()) * window("hann", g.shape).astype(np.float32)
+    return g - g.mean()
 
 
 def estimate_drift(source: Any, *, max_side: int = 512, upsample: int = 10,
@@ -55,22 +52,27 @@ def estimate_drift(source: Any, *, max_side: int = 512, upsample: int = 10,
         upsample: sub-pixel precision 1/upsample px (on the reduced frames).
         progress: called as ``progress(done, total)`` per frame.
     """
+    from skimage.filters import window
     from skimage.registration import phase_cross_correlation
 
     n = source.num_frames
     k = max(1, int(np.ceil(max(source.height, source.width) / max_side)))
     drift = np.zeros((n, 2), np.float64)
-    prev, last = _gray(source.unit_rgb(0), k), 0
+    prev = _gray(source.unit_rgb(0), k)
+    # a Hann taper: the frame's edges must not correlate at zero shift
+    taper = window("hann", prev.shape).astype(np.float32)
+    prev, last, prev_has = prev * taper, 0, bool(prev.std() > 0)
     for t in range(1, n):
-        cur = _gray(source.unit_rgb(t), k)
+        cur = _gray(source.unit_rgb(t), k) * taper
+        has = bool(cur.std() > 0)  # a constant frame carries no position: skipped
         drift[t] = drift[t - 1]
-        if cur.std() > 0 and prev.std() > 0:  # a constant frame carries no position: skipped
+        if has and prev_has:
             # the shift that registers cur onto the last frame with content = minus the field's
             # motion since then
             shift, _, _ = phase_cross_correlation(prev, cur, upsample_factor=upsample, normalization=None)
             drift[t] = drift[last] - np.asarray(shift, np.float64) * k
-        if cur.std() > 0 or prev.std() == 0:
-            prev, last = cur, t
+        if has or not prev_has:
+            prev, last, prev_has = cur, t, has
         if progress is not None:
             progress(t, n - 1)
     return drift
@@ -129,19 +131,24 @@ class SteadyCanvas:
         oy, ox = self.offset(t)
         return labels[oy : oy + self.source.height, ox : ox + self.source.width]
 
+    def frames(self) -> Any:
+        """The canvas as a :class:`sam2_core.io.frames.FrameSource` (already normalised), what
+        the predictors and the tracker take."""
+        from sam2_core.io.frames import FrameSource
+
+        return FrameSource(self, contrast_limits=(0.0, 1.0))
+
     def prompt_to_canvas(self, prompt: Any) -> Any:
-        """A :class:`sam2_core.track.Prompt` on its frame's recorded pixels -> canvas pixels."""
-        oy, ox = self.offset(prompt.frame)
+        """A :class:`sam2_core.track.Prompt` on its frame's recorded pixels -> canvas pixels
+        (frames, points and boxes checked as tracking checks them)."""
+        from sam2_core.tiled_track import check_in_frame
+
+        if not 0 <= int(prompt.frame) < self.num_frames:
+            raise IndexError(f"prompts on frames [{int(prompt.frame)}] are outside the stack "
+                             f"(0 .. {self.num_frames - 1})")
         h, w = self.source.height, self.source.width
-        for name, xy in (("points", prompt.points), ("box", prompt.box)):
-            if xy is None:
-                continue
-            xy = np.asarray(xy, np.float64).reshape(-1, 2)
-            if not np.isfinite(xy).all():
-                raise ValueError(f"object {prompt.object_id}, frame {prompt.frame}: {name} contain NaN or infinite values")
-            if (xy < -0.5).any() or (xy[:, 0] > w - 0.5).any() or (xy[:, 1] > h - 0.5).any():
-                raise ValueError(f"object {prompt.object_id}, frame {prompt.frame}: {name} {xy.tolist()} fall "
-                                 f"outside the {w}x{h} (x by y) frame")
+        check_in_frame([prompt], h, w)
+        oy, ox = self.offset(prompt.frame)
         changes: dict[str, Any] = {}
         if prompt.points is not None:
             changes["points"] = np.asarray(prompt.points, np.float64).reshape(-1, 2) + [ox, oy]
@@ -149,10 +156,10 @@ class SteadyCanvas:
             changes["box"] = np.asarray(prompt.box, np.float64).reshape(-1) + [ox, oy, ox, oy]
         if prompt.mask is not None:
             mask = np.asarray(prompt.mask, bool)
-            if mask.shape != (self.source.height, self.source.width):
+            if mask.shape != (h, w):
                 raise ValueError(f"object {prompt.object_id}, frame {prompt.frame}: mask of shape {mask.shape}, "
-                                 f"expected the frame's {(self.source.height, self.source.width)}")
+                                 f"expected the frame's {(h, w)}")
             big = np.zeros((self.height, self.width), bool)
-            big[oy : oy + mask.shape[0], ox : ox + mask.shape[1]] = mask
+            big[oy : oy + h, ox : ox + w] = mask
             changes["mask"] = big
         return dataclasses.replace(prompt, **changes)

@@ -169,6 +169,21 @@ def window_lattice(height: int, width: int, size: int, halo: int) -> list[Tile]:
             for y0, y1 in zip(ys[:-1], ys[1:]) for x0, x1 in zip(xs[:-1], xs[1:])]
 
 
+def check_in_frame(prompts: Sequence[Any], h: int, w: int) -> None:
+    """Clicks and boxes of ``prompts`` must be finite and lie in an (h, w) frame (as the predictor
+    requires); a clear ValueError otherwise."""
+    for p in prompts:
+        pts = [np.asarray(p.points, np.float64).reshape(-1, 2)] if p.points is not None else []
+        if p.box is not None:
+            pts.append(np.asarray(p.box, np.float64).reshape(-1, 2))
+        for xy in pts:
+            if not np.isfinite(xy).all():
+                raise ValueError(f"object {p.object_id}, frame {p.frame}: points contain NaN or infinite values")
+            if (xy < -0.5).any() or (xy[:, 0] > w - 0.5).any() or (xy[:, 1] > h - 0.5).any():
+                raise ValueError(f"object {p.object_id}, frame {p.frame}: points {xy.tolist()} fall outside "
+                                 f"the {w}x{h} (x by y) frame")
+
+
 def _location(prompts: Sequence[Any], frames: ScaledFrames) -> tuple[float, float]:
     """Where an object's prompts on one frame are, (y, x) in scaled pixels: its positive clicks,
     else its box's centre, else its mask's centroid."""
@@ -228,6 +243,8 @@ class TiledTracker:
         self._ys = sorted({w.core[0] for w in self.windows})
         self._xs = sorted({w.core[2] for w in self.windows})
         self._zone_cache: dict[float, np.ndarray] = {}  # margin -> _zones
+        outer = np.array([w.outer for w in self.windows], np.float64)
+        self._centres = np.stack([(outer[:, 0] + outer[:, 1]) / 2, (outer[:, 2] + outer[:, 3]) / 2], axis=1)
         self.embedding_cache = embedding_cache
         self.states: dict[int, Any] = {}
         self.home: dict[int, int] = {}  # object id -> window index
@@ -280,8 +297,6 @@ class TiledTracker:
         zone = self._zones(self.halo)  # (W, 4)
         fit = ((zone[:, 0:1] <= pts[None, :, 0]) & (pts[None, :, 0] < zone[:, 1:2])
                & (zone[:, 2:3] <= pts[None, :, 1]) & (pts[None, :, 1] < zone[:, 3:4]))  # (W, N)
-        outer = np.array([w.outer for w in self.windows], np.float64)
-        centres = np.stack([(outer[:, 0] + outer[:, 1]) / 2, (outer[:, 2] + outer[:, 3]) / 2], axis=1)
         busy = np.zeros(len(self.windows), bool)
         busy[[w for o, w in self.home.items() if o not in where]] = True
         left = np.ones(len(objs), bool)
@@ -293,7 +308,7 @@ class TiledTracker:
                 out.update({objs[i]: self.window_of(*pts[i]) for i in np.nonzero(left)[0]})
                 break
             mean = (f.astype(np.float64) @ pts) / np.maximum(counts, 1)[:, None]
-            off = ((mean - centres) ** 2).sum(axis=1)
+            off = ((mean - self._centres) ** 2).sum(axis=1)
             best = int(np.lexsort((off, -counts, -(busy & (counts > 0)).astype(np.int64)))[0])
             for i in np.nonzero(f[best])[0]:
                 out[objs[i]] = best
@@ -364,17 +379,7 @@ class TiledTracker:
 
     def _check(self, prompts: Sequence[Any]) -> None:
         """Clicks and boxes must lie in the recorded frame (as the predictor requires)."""
-        h, w = self.hw
-        for p in prompts:
-            pts = [np.asarray(p.points, np.float64).reshape(-1, 2)] if p.points is not None else []
-            if p.box is not None:
-                pts.append(np.asarray(p.box, np.float64).reshape(-1, 2))
-            for xy in pts:
-                if not np.isfinite(xy).all():
-                    raise ValueError(f"object {p.object_id}, frame {p.frame}: points contain NaN or infinite values")
-                if (xy < -0.5).any() or (xy[:, 0] > w - 0.5).any() or (xy[:, 1] > h - 0.5).any():
-                    raise ValueError(f"object {p.object_id}, frame {p.frame}: points {xy.tolist()} fall outside "
-                                     f"the {w}x{h} (x by y) frame")
+        check_in_frame(prompts, *self.hw)
 
     def _apply(self, w: int, frame: int, prompts: Sequence[Any]) -> None:
         """An object's (checked) prompts on one frame, in window ``w`` (which becomes its home)."""

@@ -264,16 +264,13 @@ def track(
     factor = resolve_scale(predictor.model, scale, cell_diameter)
     source = frames if isinstance(frames, FrameSource) else FrameSource(
         frames, contrast_limits=contrast_limits, channels=channels, channel_axis=channel_axis)
-    n_frames, recorded_hw, canvas = source.num_frames, (source.height, source.width), None
-    if stabilize is not None and not (isinstance(stabilize, bool) and not stabilize):
+    recorded_hw, canvas = (source.height, source.width), None
+    if stabilize is not None and stabilize is not False:  # True, or a drift measured before
         from sam2_core.stabilize import SteadyCanvas, estimate_drift
 
-        bad = sorted({int(p.frame) for p in prompts if not 0 <= int(p.frame) < n_frames})
-        if bad:
-            raise IndexError(f"prompts on frames {bad} are outside the stack (0 .. {n_frames - 1})")
         canvas = SteadyCanvas(source, estimate_drift(source) if stabilize is True else stabilize)
         prompts = [canvas.prompt_to_canvas(p) for p in prompts]
-        source = FrameSource(canvas, contrast_limits=(0.0, 1.0))
+        source = canvas.frames()
     if not uses_windows(source.height, source.width, predictor.image_size, factor, windows):
         state = predictor.init_state(source, embedding_cache=embedding_cache)
         n = state.num_frames
