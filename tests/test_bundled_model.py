@@ -9,6 +9,7 @@ import pytest
 from sam2_core import build_sam2
 from sam2_core.build import bundled_checkpoint
 from sam2_core.config import DEFAULT_CONFIG
+from sam2_core.predictor.video import SAM2VideoPredictor
 
 pytestmark = pytest.mark.skipif(bundled_checkpoint() is None, reason="no bundled weights in this installation")
 
@@ -22,7 +23,10 @@ def test_bundled_file(model):
     assert model.config == DEFAULT_CONFIG
     assert bundled_checkpoint().stat().st_size < 25e6
     # the automatic generator's thresholds, calibrated for these weights, travel with them
-    assert set(model.recommended) == {"pred_iou_thresh", "stability_score_thresh", "cell_diameter"}
+    assert set(model.recommended) == {"pred_iou_thresh", "stability_score_thresh", "cell_diameter",
+                                      "refresh_every", "max_cond_frames_in_attn"}
+    pred = SAM2VideoPredictor(model)  # keyframe refresh by default for these weights (docs/engine.md)
+    assert (pred.refresh_every, pred.max_cond_frames_in_attn) == (4, 2)
     # the preferred cell diameter also comes with the file loaded by path (measured after export)
     from sam2_core import build_sam2
 

@@ -70,12 +70,14 @@ def test_track_csv_to_tiff_and_zarr(workdir, capsys):
     assert "labels.tif" in capsys.readouterr().out
     zout = d / "labels.zarr"
     assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(zout),
-                 "--model", ckpt, "--max-frames", "2", "--direction", "forward", "--speed", "fast"]) == 0
+                 "--model", ckpt, "--max-frames", "2", "--direction", "forward", "--speed", "fast",
+                 "--refresh-every", "2"]) == 0
     import zarr
 
     z = zarr.open(str(zout), mode="r")
     assert z.shape == movie.shape and z[4].max() == 0  # only frames 0..2 tracked
     assert z.attrs["napari_sam2"]["speed"] == "fast" and "(fast mode)" in capsys.readouterr().out
+    assert z.attrs["napari_sam2"]["refresh_every"] == 2 and "refresh_every" not in read_labels_info(out)
     # frames enlarged 2x are tracked in windows; the labels keep the movie's size and say so
     sout = d / "scaled.tif"
     assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(sout),

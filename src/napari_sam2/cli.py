@@ -140,7 +140,8 @@ def _cmd_track(args: argparse.Namespace) -> int:
         prompts = read_prompts(args.prompts)
         check_prompts(prompts, source.num_frames, source.height, source.width)
     model = _build(args.model, args.device)
-    predictor = SAM2VideoPredictor(model, speed=args.speed, compile=args.compile)
+    predictor = SAM2VideoPredictor(model, speed=args.speed, compile=args.compile,
+                                   refresh_every=args.refresh_every)
     drift, seen = _drift(source, args.stabilize)
     bar = _progress_bar(source.num_frames, "tracking")
     progress = lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n))  # noqa: E731
@@ -424,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--speed", choices=["exact", "fast"], default="exact", help=_speed_help())
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the image encoder and memory attention (slow first frame; optional)")
+    t.add_argument("--refresh-every", type=int, default=None,
+                   help="keyframe refresh: every N frames a tracked object's mask becomes a keyframe of its "
+                        "memory; 0 = off (Meta's tracking); default: the model's recommended value "
+                        "(4 for the bundled model, off for Meta's)")
     t.add_argument("--max-frames", type=int, default=None, help="track at most N frames from the start frame")
     t.add_argument("--auto", action="store_true", help="seed every object automatically on --seed-frame")
     t.add_argument("--seed-frame", type=int, default=0)

@@ -21,8 +21,11 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
 _FALLBACK_DEFAULT = DEFAULT_CONFIG
 #: Usage settings measured for the bundled weights after they were exported (a file's own
 #: ``"recommended"`` entries win; the next export stores these in the file):
-#: ``cell_diameter``: the nucleus diameter (px) the model tracks best (docs/model-card.md).
-BUNDLED_RECOMMENDED: dict[str, float] = {"cell_diameter": 28.0}
+#: ``cell_diameter``: the nucleus diameter (px) the model tracks best (docs/model-card.md);
+#: ``refresh_every`` / ``max_cond_frames_in_attn``: keyframe refresh every 4 frames, attending
+#: the 2 closest conditioning frames (``SAM2VideoPredictor``; docs/engine.md).
+BUNDLED_RECOMMENDED: dict[str, float] = {"cell_diameter": 28.0, "refresh_every": 4.0,
+                                         "max_cond_frames_in_attn": 2.0}
 
 
 def list_models() -> list[str]:

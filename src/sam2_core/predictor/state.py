@@ -40,7 +40,8 @@ class FrameOutput:
 class ObjectState:
     """Prompts and memory of one tracked object.
 
-    ``cond`` holds prompted (conditioning) frames, ``non_cond`` tracked frames within the
+    ``cond`` holds prompted (conditioning) frames, among them ``auto``: automatic keyframes
+    (keyframe refresh) with the direction of the pass that made them; ``non_cond`` tracked frames within the
     memory windows, ``temp`` prompt results not yet memory-encoded (committed at the next
     propagation), ``tracked`` the frames tracked so far with their direction (True = reverse).
     """
@@ -52,6 +53,7 @@ class ObjectState:
     non_cond: dict[int, FrameOutput] = field(default_factory=dict)
     temp: dict[int, FrameOutput] = field(default_factory=dict)
     tracked: dict[int, bool] = field(default_factory=dict)
+    auto: dict[int, bool] = field(default_factory=dict)
     window_side: int | None = None  # local tracking: current window side in tokens
     absent_run: int = 0  # local tracking: consecutive frames reported absent
     last_seen: tuple[float, float] | None = None  # local tracking: centre where last present

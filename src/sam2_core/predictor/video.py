@@ -57,6 +57,15 @@ class SAM2VideoPredictor:
         non_overlap_masks: in outputs, give each pixel to the highest-scoring object only.
         storage_dtype: dtype of stored spatial memories (bfloat16 like Meta's, or float32).
         max_cond_frames_in_attn: -1 = all conditioning frames, else the closest few (>= 2).
+            None (default): the model's recommended value (``model.recommended``), else -1.
+        refresh_every: keyframe refresh (ours): an object tracked this many frames past its last
+            conditioning frame, and present, has that frame's result promoted to a conditioning
+            frame, so that memory follows a cell that moves and changes instead of holding on to
+            the prompted frame. The latest ``refresh_keep`` automatic keyframes of the current
+            pass are kept (bounded memory); the user's prompts always are. Pair it with
+            ``max_cond_frames_in_attn=2``. 0 = off (Meta's computation); None (default): the
+            model's recommended value, else 0. See docs/engine.md for what it measured.
+        refresh_keep: automatic keyframes kept per object (>= 1).
         memory_temporal_stride: stride between recent memory frames (1 = consecutive).
         clear_non_cond_mem_around_input: forget an object's tracked memories near a new prompt.
         feature_cache_size: frames whose image features stay in memory.
@@ -92,7 +101,9 @@ class SAM2VideoPredictor:
         fill_hole_area: int = 8,
         non_overlap_masks: bool = False,
         storage_dtype: torch.dtype = torch.bfloat16,
-        max_cond_frames_in_attn: int = -1,
+        max_cond_frames_in_attn: int | None = None,
+        refresh_every: int | None = None,
+        refresh_keep: int = 2,
         memory_temporal_stride: int = 1,
         clear_non_cond_mem_around_input: bool = False,
         feature_cache_size: int = 4,
@@ -127,7 +138,19 @@ class SAM2VideoPredictor:
         self.fill_hole_area = fill_hole_area
         self.non_overlap_masks = non_overlap_masks
         self.storage_dtype = storage_dtype
-        self.max_cond_frames_in_attn = max_cond_frames_in_attn
+        rec = getattr(model, "recommended", None) or {}
+        if max_cond_frames_in_attn is None:
+            max_cond_frames_in_attn = int(rec.get("max_cond_frames_in_attn", -1))
+        if max_cond_frames_in_attn != -1 and max_cond_frames_in_attn < 2:
+            raise ValueError(f"max_cond_frames_in_attn must be -1 (all) or at least 2, got {max_cond_frames_in_attn}")
+        self.max_cond_frames_in_attn = int(max_cond_frames_in_attn)
+        if refresh_every is None:
+            refresh_every = int(rec.get("refresh_every", 0))
+        if int(refresh_every) < 0 or int(refresh_keep) < 1:
+            raise ValueError(f"refresh_every must be >= 0 (0 = off) and refresh_keep >= 1, "
+                             f"got {refresh_every} and {refresh_keep}")
+        self.refresh_every = int(refresh_every)
+        self.refresh_keep = int(refresh_keep)
         self.memory_temporal_stride = memory_temporal_stride
         self.clear_non_cond_mem_around_input = clear_non_cond_mem_around_input
         self.feature_cache_size = feature_cache_size
@@ -141,6 +164,8 @@ class SAM2VideoPredictor:
         return {"software": f"napari-sam2 {__version__}", "model": self.model.config.name,
                 "image_size": self.image_size, "speed": self.speed,
                 "precision": precision_mod.name(self.precision),
+                **({"refresh_every": self.refresh_every, "max_cond_frames_in_attn": self.max_cond_frames_in_attn}
+                   if self.refresh_every else {}),
                 **({"window_margin": self.window_margin or "auto"} if self.speed == "fast" else {}),
                 **({"max_window_side": self.max_window_side} if self.speed == "fast" and self.max_window_side else {})}
 
@@ -341,6 +366,7 @@ class SAM2VideoPredictor:
         obj.masks.pop(frame_idx, None)
         obj.temp.pop(frame_idx, None)
         out = obj.cond.pop(frame_idx, None)
+        obj.auto.pop(frame_idx, None)
         if out is not None:
             obj.non_cond[frame_idx] = out
         obj.tracked.pop(frame_idx, None)
@@ -373,6 +399,7 @@ class SAM2VideoPredictor:
                     self._encode_prompt_memory(state, obj, f, out)
                 obj.cond[f] = out
                 obj.non_cond.pop(f, None)
+                obj.auto.pop(f, None)
                 if self.clear_non_cond_mem_around_input:
                     r = self.memory_temporal_stride * self.model.num_maskmem
                     for t in [t for t in obj.non_cond if abs(t - f) <= r]:
@@ -458,6 +485,8 @@ class SAM2VideoPredictor:
         for st in states:
             self.propagate_in_video_preflight(st)
             f = self._check_frame(st, frame_idx)
+            for o in st.objects.values():
+                self._drop_stale_keyframes(o, f, reverse)
             items += [(st, o) for o in st.objects.values() if f not in o.cond]
         for s0 in range(0, len(items), self.max_batch):
             chunk = items[s0 : s0 + self.max_batch]
@@ -474,6 +503,8 @@ class SAM2VideoPredictor:
 
     def _propagate_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> torch.Tensor:
         """Track the objects not prompted on frame f; every object's low-res logits on f."""
+        for o in objs:
+            self._drop_stale_keyframes(o, f, reverse)
         to_track = [o for o in objs if f not in o.cond]
         if to_track and self.batch_objects:
             self._track_frame(state, to_track, f, reverse)
@@ -486,6 +517,7 @@ class SAM2VideoPredictor:
         """Mark frame f tracked, forget what memory can no longer use; the objects' logits on f."""
         for o in objs:
             o.tracked[f] = reverse
+            self._refresh(o, f, reverse)
             self._evict(o, f, reverse)
         return torch.cat([o.output(f).pred_masks.to(state.device) for o in objs])
 
@@ -706,6 +738,29 @@ class SAM2VideoPredictor:
         memory, pos, n_ptr = model.build_memory(spatial, positions, [(v[0:1], p) for v, p in ptrs],
                                                 state.num_frames)
         return memory[0], pos[0], n_ptr, windows
+
+    def _drop_stale_keyframes(self, obj: ObjectState, f: int, reverse: bool) -> None:
+        """Automatic keyframes from another pass, or at or ahead of frame f in the direction of
+        travel (an earlier run's results, about to be tracked again), go back to tracked frames."""
+        for t, r in list(obj.auto.items()):
+            if r != reverse or (t <= f if reverse else t >= f):
+                del obj.auto[t]
+                obj.non_cond[t] = obj.cond.pop(t)
+
+    def _refresh(self, obj: ObjectState, f: int, reverse: bool) -> None:
+        """Keyframe refresh (see ``refresh_every``): promote f's tracked result to a conditioning
+        frame when the object is present and its last conditioning frame is far enough behind."""
+        out = obj.non_cond.get(f)
+        if not self.refresh_every or out is None or out.maskmem_features is None:
+            return
+        behind = [abs(f - t) for t in obj.cond if (t > f if reverse else t < f)]
+        if not behind or min(behind) < self.refresh_every or float(out.object_score_logits.max()) <= 0:
+            return
+        obj.cond[f] = obj.non_cond.pop(f)
+        obj.auto[f] = reverse
+        for t in sorted(obj.auto, key=lambda t: abs(t - f))[self.refresh_keep :]:
+            del obj.auto[t]
+            obj.non_cond[t] = obj.cond.pop(t)
 
     def _evict(self, obj: ObjectState, f: int, reverse: bool) -> None:
         """Forget tracked memories no later request can use (bounded memory on long stacks)."""
