@@ -28,6 +28,9 @@ def _np(x) -> np.ndarray:
 
 #: How many times our own rounding sensitivity (see conftest.perturbed_weights) a difference may be.
 NOISE_FACTOR = 4.0
+#: Weight perturbations whose largest effect measures that sensitivity (one draw underestimates it:
+#: on one IoU output, four draws moved it by 0.0003-0.0022).
+PERTURBATION_SEEDS = (0, 1, 2)
 
 
 def sensitivity(a, b) -> float:
@@ -112,19 +115,21 @@ def _check_case(g, pred, case):
     kw = _kwargs(g, case)
     captured = {}
     hook = pred.model.sam_mask_decoder.register_forward_hook(lambda m, i, o: captured.update(obj=o[3]))
-    try:
-        with perturbed_weights(pred.model):
-            _, ious_p, low_p = pred.predict(**kw)
-            logits_p, _, _ = pred.predict(**kw, return_logits=True)
-            obj_p = captured["obj"]
+    shaken = []  # one perturbation's sensitivity varies several-fold with its draw (0.0003-0.0022
+    try:  # on one IoU output): the largest of three is the estimate
+        for seed in PERTURBATION_SEEDS:
+            with perturbed_weights(pred.model, seed=seed):
+                _, ious_p, low_p = pred.predict(**kw)
+                logits_p, _, _ = pred.predict(**kw, return_logits=True)
+                shaken.append((ious_p, low_p, captured["obj"], logits_p))
         masks, ious, low = pred.predict(**kw)
         logits, _, _ = pred.predict(**kw, return_logits=True)
     finally:
         hook.remove()
-    assert_matches(g, p + "ious", ious, noise=sensitivity(ious, ious_p))
-    assert_matches(g, p + "low_res", low, noise=sensitivity(low, low_p))
-    assert_matches(g, p + "obj_score", captured["obj"], noise=sensitivity(captured["obj"], obj_p))
-    assert_matches(g, p + "masks_logits", logits, noise=sensitivity(logits, logits_p))
+    for k, (name, ours) in enumerate((("ious", ious), ("low_res", low), ("obj_score", captured["obj"]),
+                                      ("masks_logits", logits))):
+        assert_matches(g, p + name, ours, noise=max(sensitivity(ours, s[k]) for s in shaken))
+    logits_p = max((s[3] for s in shaken), key=lambda x: sensitivity(logits, x))
     ref_masks = g[p + "masks"].astype(bool)
     assert masks.shape == ref_masks.shape and masks.dtype == bool
     margin = max(TOL * max(1.0, float(np.abs(logits).max())), NOISE_FACTOR * sensitivity(logits, logits_p))
@@ -170,22 +175,27 @@ def test_heads_memory_encoder_and_pointer_encoding(golden):
         "mask_as_output": lambda: model.use_mask_as_output(raw, hr, disc),
     }
     for tag, call in calls.items():
-        with perturbed_weights(model):
-            shaken = call()
+        shaken = []
+        for seed in PERTURBATION_SEEDS:
+            with perturbed_weights(model, seed=seed):
+                shaken.append(call())
         out = outs[tag] = call()
         for n in names:
-            assert_matches(g, f"{tag}__{n}", getattr(out, n), noise=sensitivity(getattr(out, n), getattr(shaken, n)))
+            assert_matches(g, f"{tag}__{n}", getattr(out, n),
+                           noise=max(sensitivity(getattr(out, n), getattr(x, n)) for x in shaken))
     def memories():
         high = calls["heads_point"]().high_res_masks
         return (model.encode_memory(raw, high, torch.tensor([[3.0]]), binarize=True),
                 model.encode_memory(raw, high, torch.tensor([[-5.0]]), binarize=False)[0])
 
-    with perturbed_weights(model):  # binarising the mask turns rounding into flipped pixels
-        (mem_p, _), absent_p = memories()
+    shaken = []
+    for seed in PERTURBATION_SEEDS:  # binarising the mask turns rounding into flipped pixels
+        with perturbed_weights(model, seed=seed):
+            shaken.append(memories())
     (mem, pos), absent = memories()
-    assert_matches(g, "memenc_pts__maskmem_features", mem, noise=sensitivity(mem, mem_p))
+    assert_matches(g, "memenc_pts__maskmem_features", mem, noise=max(sensitivity(mem, x[0][0]) for x in shaken))
     assert_matches(g, "memenc_pts__maskmem_pos_enc", pos)
-    assert_matches(g, "memenc_absent__maskmem_features", absent, noise=sensitivity(absent, absent_p))
+    assert_matches(g, "memenc_absent__maskmem_features", absent, noise=max(sensitivity(absent, x[1]) for x in shaken))
     if "tpos__rel" in g.files:
         rel = torch.from_numpy(g["tpos__rel"])
         assert_matches(g, "tpos__out", model.obj_ptr_tpos(rel, num_frames=int(g["tpos__max"]) + 1))
