@@ -93,6 +93,39 @@ def test_batched_run_agrees_with_one_by_one(tiny256, movie):
         assert (results[0][f] == results[1][f]).float().mean() >= 0.995
 
 
+
+def test_batch_limit_follows_query_tokens(tiny256):
+    """Automatic batches hold about BATCH_TOKENS query tokens (measured: larger ones ran slower)."""
+    from sam2_core.predictor.video import batch_limit
+
+    assert [batch_limit(n) for n in (16 * 16, 32 * 32, 64 * 64, 8 * 8)] == [8, 2, 1, 16]
+    assert batch_limit(64 * 64, max_batch=4) == 4
+    with pytest.raises(ValueError, match="max_batch"):
+        SAM2VideoPredictor(tiny256, max_batch=0)
+
+
+def test_objects_split_into_batches_of_max_batch(tiny256, movie):
+    """Three objects with max_batch=2 go through memory attention as 2 + 1, with the same masks
+    as one by one."""
+    m, lab = movie
+    sizes: list[int] = []
+    hook = tiny256.memory_attention.register_forward_hook(lambda mod, args, out: sizes.append(out.shape[0]))
+    results = []
+    try:
+        for kw in (dict(max_batch=2), dict(batch_objects=False)):  # float32 memories: no bf16 rounding
+            pred = SAM2VideoPredictor(tiny256, storage_dtype=torch.float32, **kw)
+            state = pred.init_state(m)
+            for k in (1, 2, 3):
+                pred.add_new_points_or_box(state, 0, k, points=[_centroid(lab, 0, k)], labels=[1])
+            sizes.clear()
+            results.append({f: x for f, _, x in pred.propagate_in_video(state, max_frame_num_to_track=3)})
+            if "max_batch" in kw:
+                assert sorted(sizes) == [1, 1, 1, 2, 2, 2]  # frames 1-3, each 2 + 1
+    finally:
+        hook.remove()
+    for f in results[0]:
+        torch.testing.assert_close(results[0][f], results[1][f], rtol=1e-3, atol=1e-3)
+
 def test_streaming_reads_only_what_it_needs(tiny256, movie):
     m, lab = movie
     big = np.concatenate([m] * 8)  # 64 frames

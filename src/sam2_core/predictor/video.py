@@ -30,6 +30,19 @@ from sam2_core.predictor.state import FrameOutput, ObjectState, VideoState
 
 #: The speed modes: exact (Meta's computation) and fast (local windows, reduced precision).
 SPEEDS = ("exact", "fast")
+#: Query tokens per batch of objects when ``max_batch`` is automatic. Measured on 2 CPU threads
+#: (docs/engine.md, "Batch size"): the bundled model (16 x 16 grid) ran fastest with 4-8 objects
+#: per batch, sam2.1_hiera_tiny at 512 (32 x 32) with 2, at 1024 (64 x 64) with 1.
+BATCH_TOKENS = 2048
+MAX_AUTO_BATCH = 16  # the former fixed cap (fast mode's small windows: as before)
+
+
+def batch_limit(query_tokens: int, max_batch: int | None = None) -> int:
+    """Objects per batch for queries of ``query_tokens`` tokens: ``max_batch`` if given, else
+    ``BATCH_TOKENS // query_tokens`` within 1 .. ``MAX_AUTO_BATCH``."""
+    if max_batch is not None:
+        return max(1, int(max_batch))
+    return max(1, min(MAX_AUTO_BATCH, BATCH_TOKENS // max(1, int(query_tokens))))
 
 
 def auto_read_ahead(device: torch.device) -> int:
@@ -86,8 +99,11 @@ class SAM2VideoPredictor:
             16 model-input pixels). For dense fields of cells of known maximum size: an object
             whose mask outgrows the cap is cut at the window's edge instead of moving to the
             whole grid, which bounds the cost per object. None: windows grow as needed.
-        max_batch: at most this many objects go through memory attention together (bounds the
-            attention matrices' memory with many objects).
+        max_batch: at most this many objects go through memory attention, the decoder and the
+            memory encoder together. None (default): as many as keep a batch near
+            ``BATCH_TOKENS`` query tokens (8 objects on a 16 x 16 grid, 2 on 32 x 32, 1 on
+            64 x 64; at most 16): larger batches spill the CPU's caches and ran slower than
+            smaller ones (docs/engine.md, "Batch size").
         precision: "fp32", "bf16", "fp16" or "auto" (reduced precision only where the device
             runs it faster than fp32); default "fp32" for exact, "auto" for fast.
         compile: ``torch.compile`` the model's image encoder and memory attention (in place;
@@ -114,7 +130,7 @@ class SAM2VideoPredictor:
         reacquire: bool = True,
         reacquire_every: int = 8,
         max_window_side: int | None = None,
-        max_batch: int = 16,
+        max_batch: int | None = None,
         precision: str | None = None,
         compile: bool = False,
     ) -> None:
@@ -128,7 +144,9 @@ class SAM2VideoPredictor:
         if max_window_side is not None and int(max_window_side) < win.QUANTUM:
             raise ValueError(f"max_window_side must be at least {win.QUANTUM} tokens, got {max_window_side}")
         self.max_window_side = None if max_window_side is None else int(max_window_side) // win.QUANTUM * win.QUANTUM
-        self.max_batch = max(1, int(max_batch))
+        if max_batch is not None and int(max_batch) < 1:
+            raise ValueError(f"max_batch must be at least 1 (or None: automatic), got {max_batch}")
+        self.max_batch = None if max_batch is None else int(max_batch)
         self.precision = precision_mod.resolve(precision or ("auto" if speed == "fast" else "fp32"), model.device)
         if compile:
             from sam2_core.compile import compile_model
@@ -488,8 +506,10 @@ class SAM2VideoPredictor:
             for o in st.objects.values():
                 self._drop_stale_keyframes(o, f, reverse)
             items += [(st, o) for o in st.objects.values() if f not in o.cond]
-        for s0 in range(0, len(items), self.max_batch):
-            chunk = items[s0 : s0 + self.max_batch]
+        grid = states[0].features.get(f).vision_features.shape[-2:]
+        size = batch_limit(grid[0] * grid[1], self.max_batch)
+        for s0 in range(0, len(items), size):
+            chunk = items[s0 : s0 + size]
             sts, objs = [st for st, _ in chunk], [o for _, o in chunk]
             with precision_mod.autocast(sts[0].device, self.precision):
                 results = self._step(sts[0], sts[0].features.get(f), objs, f, reverse, [None] * len(objs), sts)
@@ -669,8 +689,9 @@ class SAM2VideoPredictor:
             groups.setdefault((q_shape, mem.shape[0], n_ptr), []).append(i)
         out = []
         dtype = feats.vision_features.dtype
-        batches = [(key, idx[s : s + self.max_batch]) for key, idx in groups.items()
-                   for s in range(0, len(idx), self.max_batch)]
+        limits = {key: batch_limit(key[0][0] * key[0][1], self.max_batch) for key in groups}
+        batches = [(key, idx[s : s + limits[key]]) for key, idx in groups.items()
+                   for s in range(0, len(idx), limits[key])]
         for (_, _, n_ptr), idx in batches:
             ws = [windows[i] for i in idx]
             mem = torch.stack([built[i][0] for i in idx]).to(dtype)
