@@ -1,7 +1,7 @@
 """Video tracking speed and memory: ours vs Meta's reference, same weights and frames.
 
 Usage:
-    python benchmarks/bench_video.py speed [--sizes 1024 512] [--objects 1 3 10] [--frames 4]
+    python benchmarks/bench_video.py speed [--sizes 1024 512] [--objects 1 3 10] [--frames 4] [--repeats 3]
         [--compile --frames 10 --warmup 6]
     python benchmarks/bench_video.py memory [--lengths 100 1000] [--size 256]
     common: [--threads 2] [--reference-venv PATH] [--no-reference]
@@ -146,6 +146,8 @@ def main() -> None:
     ap.add_argument("--lengths", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="speed: runs per implementation, alternating; medians of the runs are reported")
     ap.add_argument("--reference-venv", default=os.environ.get("SAM2_REFERENCE_VENV", str(ROOT.parent / "refvenv")))
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--worker", choices=["ours", "meta"], help=argparse.SUPPRESS)
@@ -172,8 +174,11 @@ def main() -> None:
         ckpt = write_checkpoint(Path(tmp) / "bench.pt", MODEL, seed=0)
         common = ["--threads", str(args.threads)]
         if args.mode == "speed":
+            import numpy as np
+
             print(f"seconds per frame, {MODEL} (seeded random weights), {args.threads} threads, "
                   f"512x512 16-bit frames, median over tracked frames {args.warmup + 1}-{args.frames}"
+                  + (f", median of {args.repeats} alternating runs each" if args.repeats > 1 else "")
                   + (" (ours compiled with torch.compile, Meta's eager)" if args.compile else ""))
             print("wall = elapsed seconds; cpu = CPU seconds of the worker process (all threads), "
                   "less sensitive to other load on the machine")
@@ -184,16 +189,23 @@ def main() -> None:
             for size in args.sizes:
                 for n in args.objects:
                     extra = ["--warmup", str(args.warmup)]
-                    r = {i: run(i, py, ckpt, "speed", [*common, "--size", str(size), "--objects", str(n),
-                                              "--frames", str(args.frames), *extra,
-                                              *(["--compile"] if args.compile and i == "ours" else [])])
-                         for i, py in impls}
+                    runs: dict[str, list[dict]] = {i: [] for i, _ in impls}
+                    for k in range(args.repeats):  # alternating order (ours, Meta's, Meta's, ours, ...)
+                        for i, py in (impls if k % 2 == 0 else impls[::-1]):
+                            runs[i].append(run(i, py, ckpt, "speed", [
+                                *common, "--size", str(size), "--objects", str(n), "--frames", str(args.frames),
+                                *extra, *(["--compile"] if args.compile and i == "ours" else [])]))
+                    r = {i: {key: float(np.median([x[key] for x in rs])) for key in ("median_s", "median_cpu_s")}
+                         for i, rs in runs.items()}
                     line = f"{size:>5} {n:>7} " + " ".join(f"{r[i]['median_s']:10.2f}" for i, _ in impls)
                     if "meta" in r:
                         line += f"   {r['ours']['median_s'] / r['meta']['median_s']:.2f}x"
                     line += " " + " ".join(f"{r[i]['median_cpu_s']:10.2f}" for i, _ in impls)
                     if "meta" in r:
                         line += f"   {r['ours']['median_cpu_s'] / r['meta']['median_cpu_s']:.2f}x"
+                        if args.repeats > 1:
+                            each = [o["median_s"] / m["median_s"] for o, m in zip(runs["ours"], runs["meta"])]
+                            line += f"   (wall ratio per repeat {min(each):.2f}-{max(each):.2f}x)"
                     print(line, flush=True)
         else:
             import numpy as np
