@@ -105,11 +105,13 @@ def test_batch_limit_follows_query_tokens(tiny256):
 
 
 def test_objects_split_into_batches_of_max_batch(tiny256, movie):
-    """Three objects with max_batch=2 go through memory attention as 2 + 1, with the same masks
-    as one by one."""
+    """Three objects with max_batch=2 go through memory attention as 2 + 1, sharing one first
+    self-attention per frame, with the same masks as one by one."""
     m, lab = movie
     sizes: list[int] = []
+    selfs: list[int] = []
     hook = tiny256.memory_attention.register_forward_hook(lambda mod, args, out: sizes.append(out.shape[0]))
+    hook2 = tiny256.memory_attention.layers[0].self_attn.register_forward_hook(lambda *a: selfs.append(1))
     results = []
     try:
         for kw in (dict(max_batch=2), dict(batch_objects=False)):  # float32 memories: no bf16 rounding
@@ -118,11 +120,16 @@ def test_objects_split_into_batches_of_max_batch(tiny256, movie):
             for k in (1, 2, 3):
                 pred.add_new_points_or_box(state, 0, k, points=[_centroid(lab, 0, k)], labels=[1])
             sizes.clear()
+            selfs.clear()
             results.append({f: x for f, _, x in pred.propagate_in_video(state, max_frame_num_to_track=3)})
             if "max_batch" in kw:
                 assert sorted(sizes) == [1, 1, 1, 2, 2, 2]  # frames 1-3, each 2 + 1
+                assert len(selfs) == 3  # the first layer's self-attention once per frame
+            else:
+                assert len(selfs) == 9
     finally:
         hook.remove()
+        hook2.remove()
     for f in results[0]:
         torch.testing.assert_close(results[0][f], results[1][f], rtol=1e-3, atol=1e-3)
 

@@ -134,9 +134,30 @@ class MemoryAttentionLayer(nn.Module):
         queries are the same image features for every object): self-attention runs once and
         its result is broadcast before the per-object cross-attention.
         """
+        tgt = self.self_part(tgt, feat_hw=feat_hw, rope=rope)
+        return self.cross_part(tgt, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_k_exclude_rope,
+                               rope=rope, batch=batch)
+
+    def self_part(self, tgt: torch.Tensor, *, feat_hw: tuple[int, int],
+                  rope: tuple[RopeTables, RopeTables] | None = None) -> torch.Tensor:
+        """The self-attention step with its residual: tgt (B, HW, C) -> (B, HW, C)."""
         t = self.norm1(tgt)
         self_rope = None if rope is None else (rope[0], rope[0])
-        tgt = tgt + self.dropout1(self.self_attn(t, t, t, feat_hw=feat_hw, rope=self_rope))
+        return tgt + self.dropout1(self.self_attn(t, t, t, feat_hw=feat_hw, rope=self_rope))
+
+    def cross_part(
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        *,
+        feat_hw: tuple[int, int],
+        num_k_exclude_rope: int = 0,
+        rope: tuple[RopeTables, RopeTables] | None = None,
+        batch: int | None = None,
+    ) -> torch.Tensor:
+        """Cross-attention to memory and the feed-forward step, each with its residual (after
+        :meth:`self_part`; ``batch`` as in :meth:`forward`)."""
         t = self.norm2(tgt)
         if batch is not None:
             tgt, t = tgt.expand(batch, -1, -1), t.expand(batch, -1, -1)
@@ -201,6 +222,7 @@ class MemoryAttention(nn.Module):
         feat_hw: tuple[int, int],
         num_obj_ptr_tokens: int = 0,
         rope: tuple[RopeTables, RopeTables] | None = None,
+        first: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Condition current features on memory.
 
@@ -211,10 +233,21 @@ class MemoryAttention(nn.Module):
             memory_pos: (B, M, mem_dim) positional + temporal encodings of the memory.
             num_obj_ptr_tokens: how many trailing memory tokens are object pointers.
             rope: explicit RoPE tables (queries, spatial memory tokens) for windowed tokens.
+            first: the first layer's self-attention result for these features, (1, H*W, C) from
+                :meth:`first_self_attention`, when several calls share one frame's features
+                (inference only); ``curr`` and ``curr_pos`` are then not read.
 
         Returns:
             (B, H*W, C) memory-conditioned features.
         """
+        if first is not None:
+            b = memory.shape[0]
+            memory, memory_pos = memory.to(first.dtype), memory_pos.to(first.dtype)
+            out = self.layers[0].cross_part(first, memory, memory_pos, feat_hw=feat_hw,
+                                            num_k_exclude_rope=num_obj_ptr_tokens, rope=rope, batch=b)
+            for layer in self.layers[1:]:
+                out = layer(out, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_obj_ptr_tokens, rope=rope)
+            return self.norm(out)
         if memory.dtype != curr.dtype:  # e.g. bf16-stored memory with fp32 compute (sam2#577)
             memory, memory_pos = memory.to(curr.dtype), memory_pos.to(curr.dtype)
         b = curr.shape[0]
@@ -230,3 +263,11 @@ class MemoryAttention(nn.Module):
                 batch=b if shared and k == 0 else None,
             )
         return self.norm(out)
+
+    def first_self_attention(self, curr: torch.Tensor, curr_pos: torch.Tensor, *,
+                             feat_hw: tuple[int, int]) -> torch.Tensor:
+        """The first layer's self-attention on one frame's features (1, H*W, C) and their encoding
+        -> (1, H*W, C): the same for every object tracked on that frame, so it can be computed
+        once and passed to :meth:`forward` as ``first`` for each batch of objects."""
+        return self.layers[0].self_part(curr[:1] + 0.1 * curr_pos[:1], feat_hw=feat_hw)
+

@@ -368,6 +368,7 @@ class SAM2Model(nn.Module):
         memory_pos: torch.Tensor,
         num_obj_ptr_tokens: int,
         rope=None,
+        first: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Memory attention on (B, C, h, w) features -> (B, C, h, w) conditioned features.
 
@@ -375,11 +376,21 @@ class SAM2Model(nn.Module):
             memory, memory_pos: (B, M, mem_dim), spatial tokens first, pointer tokens last.
             rope: explicit RoPE tables when the features or memories are windows of the grid
                 (see :meth:`MemoryAttention.window_rope`); None for whole grids.
+            first: :meth:`first_self_attention` of these (shared) features, computed once for
+                several batches of objects on one frame.
         """
-        b, c, h, w = vision_features.shape
+        b, c, h, w = memory.shape[0], vision_features.shape[1], *vision_features.shape[-2:]
         curr = vision_features.flatten(2).transpose(1, 2)  # (B, hw, C)
         pos = vision_pos.flatten(2).transpose(1, 2)
         out = self.memory_attention(
-            curr, pos, memory, memory_pos, feat_hw=(h, w), num_obj_ptr_tokens=num_obj_ptr_tokens, rope=rope
+            curr, pos, memory, memory_pos, feat_hw=(h, w), num_obj_ptr_tokens=num_obj_ptr_tokens, rope=rope,
+            first=first,
         )
         return out.transpose(1, 2).reshape(b, c, h, w)
+
+    def first_self_attention(self, vision_features: torch.Tensor, vision_pos: torch.Tensor) -> torch.Tensor:
+        """Memory attention's first self-attention on one frame's (1, C, h, w) features -> (1, hw, C):
+        the same for every object of that frame (pass it to :meth:`condition_on_memory` as ``first``)."""
+        h, w = vision_features.shape[-2:]
+        return self.memory_attention.first_self_attention(
+            vision_features[:1].flatten(2).transpose(1, 2), vision_pos[:1].flatten(2).transpose(1, 2), feat_hw=(h, w))

@@ -692,6 +692,11 @@ class SAM2VideoPredictor:
         limits = {key: batch_limit(key[0][0] * key[0][1], self.max_batch) for key in groups}
         batches = [(key, idx[s : s + limits[key]]) for key, idx in groups.items()
                    for s in range(0, len(idx), limits[key])]
+        # whole-grid batches on one stack's frame share the first self-attention: computed once
+        whole = [idx for _, idx in batches if all(windows[i] is None and feats_of[i] is feats for i in idx)]
+        first = None
+        if len(whole) >= 2:
+            first = self.model.first_self_attention(feats.vision_features, feats.vision_pos)
         for (_, _, n_ptr), idx in batches:
             ws = [windows[i] for i in idx]
             mem = torch.stack([built[i][0] for i in idx]).to(dtype)
@@ -705,7 +710,8 @@ class SAM2VideoPredictor:
             rope = None
             if any(w is not None for w in ws) or any(w is not None for i in idx for w in built[i][3]):
                 rope = self._rope(state, ws, [built[i][3] for i in idx], grid)
-            out.append((idx, self.model.condition_on_memory(vision, vision_pos, mem, pos, n_ptr, rope)))
+            shared = first if first is not None and any(idx is x for x in whole) else None
+            out.append((idx, self.model.condition_on_memory(vision, vision_pos, mem, pos, n_ptr, rope, first=shared)))
         return out
 
     def _rope(self, state: VideoState, query_windows: list, memory_windows: list[list], grid):
