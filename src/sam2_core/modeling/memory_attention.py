@@ -126,6 +126,7 @@ class MemoryAttentionLayer(nn.Module):
         num_k_exclude_rope: int = 0,
         rope: tuple[RopeTables, RopeTables] | None = None,
         batch: int | None = None,
+        self_done: bool = False,
     ) -> torch.Tensor:
         """tgt (B, HW, C); memory, memory_pos (B, M, mem_dim) -> (B, HW, C).
 
@@ -133,31 +134,10 @@ class MemoryAttentionLayer(nn.Module):
         ``batch``: tgt is one (1, HW, C) item shared by ``batch`` objects (the first layer, whose
         queries are the same image features for every object): self-attention runs once and
         its result is broadcast before the per-object cross-attention.
+        ``self_done``: tgt is already :meth:`self_part`'s result (computed once for a frame).
         """
-        tgt = self.self_part(tgt, feat_hw=feat_hw, rope=rope)
-        return self.cross_part(tgt, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_k_exclude_rope,
-                               rope=rope, batch=batch)
-
-    def self_part(self, tgt: torch.Tensor, *, feat_hw: tuple[int, int],
-                  rope: tuple[RopeTables, RopeTables] | None = None) -> torch.Tensor:
-        """The self-attention step with its residual: tgt (B, HW, C) -> (B, HW, C)."""
-        t = self.norm1(tgt)
-        self_rope = None if rope is None else (rope[0], rope[0])
-        return tgt + self.dropout1(self.self_attn(t, t, t, feat_hw=feat_hw, rope=self_rope))
-
-    def cross_part(
-        self,
-        tgt: torch.Tensor,
-        memory: torch.Tensor,
-        memory_pos: torch.Tensor,
-        *,
-        feat_hw: tuple[int, int],
-        num_k_exclude_rope: int = 0,
-        rope: tuple[RopeTables, RopeTables] | None = None,
-        batch: int | None = None,
-    ) -> torch.Tensor:
-        """Cross-attention to memory and the feed-forward step, each with its residual (after
-        :meth:`self_part`; ``batch`` as in :meth:`forward`)."""
+        if not self_done:
+            tgt = self.self_part(tgt, feat_hw=feat_hw, rope=rope)
         t = self.norm2(tgt)
         if batch is not None:
             tgt, t = tgt.expand(batch, -1, -1), t.expand(batch, -1, -1)
@@ -173,6 +153,13 @@ class MemoryAttentionLayer(nn.Module):
         t = self.norm3(tgt)
         t = self.linear2(self.dropout(self.activation(self.linear1(t))))
         return tgt + self.dropout3(t)
+
+    def self_part(self, tgt: torch.Tensor, *, feat_hw: tuple[int, int],
+                  rope: tuple[RopeTables, RopeTables] | None = None) -> torch.Tensor:
+        """The self-attention step with its residual: tgt (B, HW, C) -> (B, HW, C)."""
+        t = self.norm1(tgt)
+        self_rope = None if rope is None else (rope[0], rope[0])
+        return tgt + self.dropout1(self.self_attn(t, t, t, feat_hw=feat_hw, rope=self_rope))
 
 
 class MemoryAttention(nn.Module):
@@ -243,10 +230,10 @@ class MemoryAttention(nn.Module):
         if first is not None:
             b = memory.shape[0]
             memory, memory_pos = memory.to(first.dtype), memory_pos.to(first.dtype)
-            out = self.layers[0].cross_part(first, memory, memory_pos, feat_hw=feat_hw,
-                                            num_k_exclude_rope=num_obj_ptr_tokens, rope=rope, batch=b)
-            for layer in self.layers[1:]:
-                out = layer(out, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_obj_ptr_tokens, rope=rope)
+            out = first
+            for k, layer in enumerate(self.layers):
+                out = layer(out, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_obj_ptr_tokens, rope=rope,
+                            batch=b if k == 0 else None, self_done=k == 0)
             return self.norm(out)
         if memory.dtype != curr.dtype:  # e.g. bf16-stored memory with fp32 compute (sam2#577)
             memory, memory_pos = memory.to(curr.dtype), memory_pos.to(curr.dtype)
