@@ -206,18 +206,21 @@ def test_free_running_masks_agree(case):
                                                   clear_old_points=False)
             _use_meta_prompt_memories(pred, state, g, "corr")
             corr = {f: (ids, m.numpy() > 0) for f, ids, m in pred.propagate_in_video(state, start_frame_idx=3)}
-        return {"fwd": fwd, "click": {3: ([1], m3.numpy() > 0)}, "corr": corr}
+            rev = {f: (ids, m.numpy() > 0)
+                   for f, ids, m in pred.propagate_in_video(state, start_frame_idx=3, reverse=True)}
+        return {"fwd": fwd, "click": {3: ([1], m3.numpy() > 0)}, "corr": corr, "rev": rev}
 
     ours = run()
     shaken = [run(seed) for seed in PERTURBATION_SEEDS]
     n = len(ours["fwd"])
     assert list(ours["fwd"]) == list(range(n)) and list(ours["corr"]) == list(range(3, n))
+    assert list(ours["rev"]) == [3, 2, 1, 0]
 
     def share(a, b, o) -> float:
         return float((a[1][a[0].index(o)] == b[1][b[0].index(o)]).mean())
 
     checked, unstable = [], []
-    for part, objects in (("fwd", (1, 2)), ("click", (1,)), ("corr", (1, 2))):
+    for part, objects in (("fwd", (1, 2)), ("click", (1,)), ("corr", (1, 2)), ("rev", (1, 2))):
         for f, got in ours[part].items():
             ids, m = got
             if part == "click":

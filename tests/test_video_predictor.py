@@ -93,7 +93,6 @@ def test_batched_run_agrees_with_one_by_one(tiny256, movie):
         assert (results[0][f] == results[1][f]).float().mean() >= 0.995
 
 
-
 def test_batch_limit_follows_query_tokens(tiny256):
     """Automatic batches hold about BATCH_TOKENS query tokens (measured: larger ones ran slower)."""
     from sam2_core.predictor.video import batch_limit
@@ -132,6 +131,7 @@ def test_objects_split_into_batches_of_max_batch(tiny256, movie):
         hook2.remove()
     for f in results[0]:
         torch.testing.assert_close(results[0][f], results[1][f], rtol=1e-3, atol=1e-3)
+
 
 def test_streaming_reads_only_what_it_needs(tiny256, movie):
     m, lab = movie

@@ -227,34 +227,28 @@ class MemoryAttention(nn.Module):
         Returns:
             (B, H*W, C) memory-conditioned features.
         """
-        if first is not None:
-            b = memory.shape[0]
-            memory, memory_pos = memory.to(first.dtype), memory_pos.to(first.dtype)
-            out = first
-            for k, layer in enumerate(self.layers):
-                out = layer(out, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_obj_ptr_tokens, rope=rope,
-                            batch=b if k == 0 else None, self_done=k == 0)
-            return self.norm(out)
-        if memory.dtype != curr.dtype:  # e.g. bf16-stored memory with fp32 compute (sam2#577)
-            memory, memory_pos = memory.to(curr.dtype), memory_pos.to(curr.dtype)
-        b = curr.shape[0]
+        dtype = curr.dtype if first is None else first.dtype
+        if memory.dtype != dtype:  # e.g. bf16-stored memory with fp32 compute (sam2#577)
+            memory, memory_pos = memory.to(dtype), memory_pos.to(dtype)
+        b = memory.shape[0]
         # Objects tracked on one frame share its image features (an expanded batch): the first
         # layer's self-attention is then the same for all of them and runs once (inference only,
         # so that training keeps independent dropout per object).
-        shared = (b > 1 and not self.training and curr.stride(0) == 0 and curr_pos.stride(0) == 0
-                  and (rope is None or rope[0][0].ndim == 2))
-        out = curr[:1] + 0.1 * curr_pos[:1] if shared else curr + 0.1 * curr_pos
+        if first is None and (b > 1 and not self.training and curr.stride(0) == 0 and curr_pos.stride(0) == 0
+                              and (rope is None or rope[0][0].ndim == 2)):
+            first = self.first_self_attention(curr, curr_pos, feat_hw=feat_hw, rope=rope)
+        out = curr + 0.1 * curr_pos if first is None else first
         for k, layer in enumerate(self.layers):
+            shared = first is not None and k == 0  # the self-attention is done: broadcast to the batch
             out = layer(
                 out, memory, memory_pos, feat_hw=feat_hw, num_k_exclude_rope=num_obj_ptr_tokens, rope=rope,
-                batch=b if shared and k == 0 else None,
+                batch=b if shared else None, self_done=shared,
             )
         return self.norm(out)
 
-    def first_self_attention(self, curr: torch.Tensor, curr_pos: torch.Tensor, *,
-                             feat_hw: tuple[int, int]) -> torch.Tensor:
+    def first_self_attention(self, curr: torch.Tensor, curr_pos: torch.Tensor, *, feat_hw: tuple[int, int],
+                             rope: tuple[RopeTables, RopeTables] | None = None) -> torch.Tensor:
         """The first layer's self-attention on one frame's features (1, H*W, C) and their encoding
         -> (1, H*W, C): the same for every object tracked on that frame, so it can be computed
         once and passed to :meth:`forward` as ``first`` for each batch of objects."""
-        return self.layers[0].self_part(curr[:1] + 0.1 * curr_pos[:1], feat_hw=feat_hw)
-
+        return self.layers[0].self_part(curr[:1] + 0.1 * curr_pos[:1], feat_hw=feat_hw, rope=rope)

@@ -379,7 +379,7 @@ class SAM2Model(nn.Module):
             first: :meth:`first_self_attention` of these (shared) features, computed once for
                 several batches of objects on one frame.
         """
-        b, c, h, w = memory.shape[0], vision_features.shape[1], *vision_features.shape[-2:]
+        b, c, h, w = vision_features.shape
         curr = vision_features.flatten(2).transpose(1, 2)  # (B, hw, C)
         pos = vision_pos.flatten(2).transpose(1, 2)
         out = self.memory_attention(

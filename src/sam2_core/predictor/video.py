@@ -692,8 +692,11 @@ class SAM2VideoPredictor:
         limits = {key: batch_limit(key[0][0] * key[0][1], self.max_batch) for key in groups}
         batches = [(key, idx[s : s + limits[key]]) for key, idx in groups.items()
                    for s in range(0, len(idx), limits[key])]
-        # whole-grid batches on one stack's frame share the first self-attention: computed once
-        whole = [idx for _, idx in batches if all(windows[i] is None and feats_of[i] is feats for i in idx)]
+        # whole-grid batches (no RoPE tables of windows) on one stack's frame share the first
+        # self-attention: computed once
+        whole = [idx for _, idx in batches
+                 if all(windows[i] is None and feats_of[i] is feats and all(w is None for w in built[i][3])
+                        for i in idx)]
         first = None
         if len(whole) >= 2:
             first = self.model.first_self_attention(feats.vision_features, feats.vision_pos)
