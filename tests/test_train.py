@@ -365,3 +365,63 @@ def test_export_bundled_writes_half_precision_with_its_settings(tmp_path):
     again = build_sam2(checkpoint=tmp_path / "shipped.pt", device="cpu")
     for k, v in model.state_dict().items():
         assert torch.allclose(again.state_dict()[k], v, atol=1e-2, rtol=1e-2)
+
+
+def test_pool_sized_draws_nuclei_at_the_preferred_scale():
+    def radii(pool):  # equivalent radius of every nucleus on the movies' first frames
+        out = []
+        for item in pool.items:
+            ids, areas = np.unique(item.labels[0], return_counts=True)
+            out += list(np.sqrt(areas[ids > 0] / np.pi))
+        return np.array(out)
+
+    sized = SimulatedPool(128, size=8, movie_len=2, seed=6, sized=1.0, sized_radius=(13.0, 15.0))
+    wide = SimulatedPool(128, size=8, movie_len=2, seed=6)
+    r = radii(sized)
+    assert len(r) >= 20 and 9 < np.median(r) < 16  # elongated and overlapped nuclei look a little smaller
+    assert np.percentile(radii(wide), 25) < np.percentile(r, 25) - 2
+    base = SimulatedPool(64, size=20, movie_len=2, seed=5)
+    half = SimulatedPool(64, size=20, movie_len=2, seed=5, sized=0.5)
+    same = sum(np.array_equal(a.labels, b.labels) for a, b in zip(half.items, base.items))
+    assert 3 < same < 17  # about half the movies are sized; the others are drawn exactly as without
+
+
+def test_refresh_in_training_reads_the_predictors_memory():
+    """refresh_every=R: a tracked frame R past the last conditioning frame becomes one, and the 2
+    closest conditioning frames are attended at temporal position 0 (the predictor's keyframe
+    refresh with max_cond_frames_in_attn=2); the others stay readable as recent frames."""
+    from sam2_core.train.loop import clip_forward
+
+    torch.manual_seed(0)
+    model = SAM2Model(TINY)
+    clip = SimulatedPool(64, size=1, movie_len=8, seed=0, renew_every=10**9).sample(8, 2)
+    cfg = TrainConfig(clip_len=8, prob_box=0.0, prob_mask=0.0, prob_correct=0.0)
+    seen: list[list[tuple[int, int]]] = []
+    memories: dict[int, torch.Tensor] = {}
+    encode, build = model.encode_memory, model.build_memory
+
+    def encode_memory(*args, **kwargs):
+        mem, pos = encode(*args, **kwargs)
+        memories[len(memories)] = mem  # frames are remembered in order 0, 1, 2, ...
+        return mem, pos
+
+    def build_memory(spatial, *args, **kwargs):
+        seen.append(sorted((next(f for f, m in memories.items() if m is s), t_pos) for s, t_pos in spatial))
+        return build(spatial, *args, **kwargs)
+
+    model.encode_memory, model.build_memory = encode_memory, build_memory
+    for refresh in (0, 2):
+        seen.clear(), memories.clear()
+        losses = clip_forward(model, clip, dataclasses.replace(cfg, refresh_every=refresh), np.random.default_rng(0))
+        losses["total"].backward()
+        assert torch.isfinite(losses["total"])
+        if refresh == 0:  # frame 5: the prompted frame and the 4 before it at their distances
+            assert seen[4] == [(0, 0), (1, 3), (2, 4), (3, 5), (4, 6)]
+            assert seen[6] == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5), (6, 6)]
+        else:
+            assert seen[1] == [(0, 0), (1, 6)]  # frame 2: nothing refreshed yet
+            assert seen[2] == [(0, 0), (1, 5), (2, 0)]  # frame 3: frame 2 promoted
+            # frame 5: frames 2 and 4 are the closest conditioning frames; 0 is read as a recent one
+            assert seen[4] == [(0, 2), (1, 3), (2, 0), (3, 5), (4, 0)]
+            # frame 7: conditioning frames 4 and 6; 0 and 2 are 7 and 5 back: 2 as a recent one, 0 no more
+            assert seen[6] == [(1, 1), (2, 2), (3, 3), (4, 0), (5, 5), (6, 0)]

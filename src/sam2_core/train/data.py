@@ -129,18 +129,25 @@ class SimulatedPool:
     frame (drawn from the range, in a random direction: a drifting stage or a flow), so that cells
     leave the field on one side and new ones enter on the other much more often than by their own
     motion, and the object-score head is supervised on many more exits.
+
+    ``sized`` is the share of movies whose nuclei have a mean radius drawn from ``sized_radius``
+    (pixels) instead of the simulator's wide range: the scale at which the predictors show cells
+    to the model when the user gives a cell diameter (``track(cell_diameter=...)``).
     """
 
     def __init__(self, image_size: int, size: int = 64, movie_len: int = 12, seed: int = 0,
                  renew_every: int = 4, limits: str = "clip", volumes: float = 0.0, drift: float = 0.0,
-                 drift_speed: tuple[float, float] = (1.0, 3.0)) -> None:
+                 drift_speed: tuple[float, float] = (1.0, 3.0), sized: float = 0.0,
+                 sized_radius: tuple[float, float] = (11.0, 17.0)) -> None:
         self.image_size, self.movie_len, self.renew_every = image_size, movie_len, renew_every
         self.limits = limits  # see make_clip
         self.volumes = volumes  # share of the pool that are volumes (slices as frames), not movies
         self.drift, self.drift_speed = drift, drift_speed
+        self.sized, self.sized_radius = sized, sized_radius
         self.rng = np.random.default_rng(seed)
         self._kind_rng = np.random.default_rng([seed, 7])  # its own stream: volumes=0 draws as before
         self._drift_rng = np.random.default_rng([seed, 11])  # likewise for drift=0
+        self._sized_rng = np.random.default_rng([seed, 13])  # likewise for sized=0
         self._next_seed = 1_000_000 * (seed + 1)
         self.items = [self._new() for _ in range(size)]
         self.draws = 0
@@ -156,7 +163,12 @@ class SimulatedPool:
         if self.drift > 0 and self._drift_rng.uniform() < self.drift:
             angle, speed = self._drift_rng.uniform(0, 2 * np.pi), self._drift_rng.uniform(*self.drift_speed)
             drift = (speed * np.sin(angle), speed * np.cos(angle))
-        return from_simulation(simulate_cells(self.movie_len, shape, seed=self._next_seed, drift=drift))
+        radius = None
+        if self.sized > 0 and self._sized_rng.uniform() < self.sized:
+            mean, spread = self._sized_rng.uniform(*self.sized_radius), self._sized_rng.uniform(1.2, 1.6)
+            radius = (2 * mean / (1 + spread), 2 * mean * spread / (1 + spread))
+        return from_simulation(simulate_cells(self.movie_len, shape, seed=self._next_seed, drift=drift,
+                                              radius=radius))
 
     def sample(self, clip_len: int, max_objects: int, max_stride: int = 1) -> Clip:
         """A clip of ``clip_len`` frames, taken every s-th frame with s drawn from 1..max_stride."""

@@ -13,6 +13,11 @@ A clip step (SAM 2's recipe):
 With ``warm_frames = W``, frames 1..W are tracked without gradient and without loss before the
 trained frames: the memory the trained frames read then holds the model's own imperfect
 predictions of several frames, as deep into a long movie, not only the prompted frame's.
+
+With ``refresh_every = R`` training sees the predictor's keyframe refresh: a tracked frame R
+frames past the last conditioning frame becomes one (for every object of the clip; the predictor
+skips objects it finds absent) and memory attention reads the 2 closest conditioning frames
+(``max_cond_frames_in_attn=2``), so that past frame 2R the prompted frame drops out of memory.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ class TrainConfig:
     clip_len: int = 6
     max_stride: int = 1  # clip frames every s-th movie frame, s drawn from 1..max_stride per clip
     warm_frames: int = 0  # tracked frames after the prompt run without gradient (see the module doc)
+    refresh_every: int = 0  # keyframe refresh as the predictor does it (see the module doc); 0: off
     short_clip_steps: int = 0  # clips of 2 frames before this step (cheap: learn to segment first)
     prob_single: float = 0.0  # share of steps on one prompted frame (keeps click segmentation sharp)
     single_objects: int = 8  # objects on those single-frame steps
@@ -126,9 +132,12 @@ def clip_forward(model: SAM2Model, clip: Clip, cfg: TrainConfig, rng: np.random.
 
     maskmem_pos = remember(0, heads)
     max_ptrs = model.max_obj_ptrs(None)
+    cond = [0]
     for t in range(1, n_frames):
+        if cfg.refresh_every and t - 1 - cond[-1] >= cfg.refresh_every:
+            cond.append(t - 1)  # as the predictor promotes the frame it just tracked
         with torch.set_grad_enabled(t > warm and torch.is_grad_enabled()):
-            heads = _track_frame(model, feats, memory, maskmem_pos, max_ptrs, t, n_frames, k)
+            heads = _track_frame(model, feats, memory, maskmem_pos, max_ptrs, t, n_frames, k, cond)
         if t > warm:
             losses.append(step_losses(heads.high_res_multimasks, heads.ious, heads.object_score_logits,
                                       clip.targets[:, t], cfg.weights))
@@ -152,13 +161,16 @@ def _encode(model: SAM2Model, frames: torch.Tensor, warm: int):
 
 
 def _track_frame(model: SAM2Model, feats, memory: dict, maskmem_pos: torch.Tensor, max_ptrs: int, t: int,
-                 n_frames: int, k: int):
-    """Heads output of tracked frame ``t`` for the K objects from the memory of earlier frames."""
-    spatial = [(memory[0][0], 0)]
+                 n_frames: int, k: int, cond: list[int] = (0,)):
+    """Heads output of tracked frame ``t`` for the K objects from the memory of earlier frames
+    (``cond``: the conditioning frames; more than one: the 2 closest are attended)."""
+    selected = mb.select_cond_frames(t, cond, 2 if len(cond) > 1 else -1)[0]
+    spatial = [(memory[c][0], 0) for c in selected]
     spatial += [(memory[p][0], t_pos) for t_pos, p in mb.recent_frames(t, model.num_maskmem, False)
-                if p in memory and p != 0]
-    cond_ptrs, recent = mb.pointer_frames(t, [0], n_frames, max_ptrs, False, signed=model.config.is_v21)
-    ptrs = [(memory[f][1], rel) for f, rel in cond_ptrs] + [(memory[f][1], rel) for f, rel in recent if f != 0]
+                if p in memory and p not in selected]
+    cond_ptrs, recent = mb.pointer_frames(t, selected, n_frames, max_ptrs, False, signed=model.config.is_v21)
+    ptrs = [(memory[f][1], rel) for f, rel in cond_ptrs]
+    ptrs += [(memory[f][1], rel) for f, rel in recent if f in memory and f not in selected]
     mem, mem_pos, n_ptr = model.build_memory(spatial, maskmem_pos, ptrs, None)
     vision = feats.vision_features[t : t + 1].expand(k, -1, -1, -1)
     pix = model.condition_on_memory(vision, feats.vision_pos[t : t + 1].expand(k, -1, -1, -1), mem, mem_pos, n_ptr)
