@@ -425,3 +425,16 @@ def test_refresh_in_training_reads_the_predictors_memory():
             assert seen[4] == [(0, 2), (1, 3), (2, 0), (3, 5), (4, 0)]
             # frame 7: conditioning frames 4 and 6; 0 and 2 are 7 and 5 back: 2 as a recent one, 0 no more
             assert seen[6] == [(1, 1), (2, 2), (3, 3), (4, 0), (5, 5), (6, 0)]
+
+
+def test_pool_crowded_draws_dense_fields():
+    def cover(pool):  # share of the first frame covered by nuclei, per movie
+        return np.array([np.mean(item.labels[0] > 0) for item in pool.items])
+
+    crowded = SimulatedPool(128, size=10, movie_len=2, seed=7, crowded=1.0)
+    wide = SimulatedPool(128, size=10, movie_len=2, seed=7)
+    assert np.median(cover(crowded)) > 0.25 and np.median(cover(crowded)) > np.median(cover(wide)) + 0.05
+    half = SimulatedPool(64, size=20, movie_len=2, seed=5, crowded=0.5)
+    base = SimulatedPool(64, size=20, movie_len=2, seed=5)
+    same = sum(np.array_equal(a.labels, b.labels) for a, b in zip(half.items, base.items))
+    assert 3 < same < 17

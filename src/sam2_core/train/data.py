@@ -133,21 +133,24 @@ class SimulatedPool:
     ``sized`` is the share of movies whose nuclei have a mean radius drawn from ``sized_radius``
     (pixels) instead of the simulator's wide range: the scale at which the predictors show cells
     to the model when the user gives a cell diameter (``track(cell_diameter=...)``).
+    ``crowded`` is the share of movies drawn dense (35-50 % of the field covered) and fast (each
+    frame a cell moves 0.15-0.3 of its radius): where tracked cells drift onto their neighbours.
     """
 
     def __init__(self, image_size: int, size: int = 64, movie_len: int = 12, seed: int = 0,
                  renew_every: int = 4, limits: str = "clip", volumes: float = 0.0, drift: float = 0.0,
                  drift_speed: tuple[float, float] = (1.0, 3.0), sized: float = 0.0,
-                 sized_radius: tuple[float, float] = (11.0, 17.0)) -> None:
+                 sized_radius: tuple[float, float] = (11.0, 17.0), crowded: float = 0.0) -> None:
         self.image_size, self.movie_len, self.renew_every = image_size, movie_len, renew_every
         self.limits = limits  # see make_clip
         self.volumes = volumes  # share of the pool that are volumes (slices as frames), not movies
         self.drift, self.drift_speed = drift, drift_speed
-        self.sized, self.sized_radius = sized, sized_radius
+        self.sized, self.sized_radius, self.crowded = sized, sized_radius, crowded
         self.rng = np.random.default_rng(seed)
         self._kind_rng = np.random.default_rng([seed, 7])  # its own stream: volumes=0 draws as before
         self._drift_rng = np.random.default_rng([seed, 11])  # likewise for drift=0
         self._sized_rng = np.random.default_rng([seed, 13])  # likewise for sized=0
+        self._crowded_rng = np.random.default_rng([seed, 17])  # likewise for crowded=0
         self._next_seed = 1_000_000 * (seed + 1)
         self.items = [self._new() for _ in range(size)]
         self.draws = 0
@@ -167,8 +170,16 @@ class SimulatedPool:
         if self.sized > 0 and self._sized_rng.uniform() < self.sized:
             mean, spread = self._sized_rng.uniform(*self.sized_radius), self._sized_rng.uniform(1.2, 1.6)
             radius = (2 * mean / (1 + spread), 2 * mean * spread / (1 + spread))
+        n_cells = speed = None
+        if self.crowded > 0 and self._crowded_rng.uniform() < self.crowded:
+            if radius is None:  # the simulator's own range
+                r_lo = self._crowded_rng.uniform(4.0, 12.0)
+                radius = (r_lo, r_lo * self._crowded_rng.uniform(1.2, 1.8))
+            mean_r = 0.5 * (radius[0] + radius[1])
+            n_cells = max(1, int(self._crowded_rng.uniform(0.35, 0.5) * shape[0] * shape[1] / (np.pi * mean_r**2)))
+            speed = self._crowded_rng.uniform(0.15, 0.3) * mean_r
         return from_simulation(simulate_cells(self.movie_len, shape, seed=self._next_seed, drift=drift,
-                                              radius=radius))
+                                              radius=radius, n_cells=n_cells, speed=speed))
 
     def sample(self, clip_len: int, max_objects: int, max_stride: int = 1) -> Clip:
         """A clip of ``clip_len`` frames, taken every s-th frame with s drawn from 1..max_stride."""

@@ -77,18 +77,29 @@ PHASE_F = TrainConfig(steps=600, lr=5e-5, warmup=20, clip_len=6, max_stride=3, m
                       prob_mask=0.1, prob_correct=0.3, prob_single=0.35, single_objects=8, save_every=50, seed=21,
                       weights=LossWeights(balanced_bce=0.0))
 
+#: Phase G (tried 2026-12-06, NOT shipped: model card, "four fine-tuning runs"): phase F's clips
+#: for 1,000 steps from the shipped weights with half the movies at the scale ``cell_diameter``
+#: shows nuclei at: ``train_phase_c(None, OUT, PHASE_G, until=1000, seed=40,
+#: movie_len=PHASE_D_MOVIE_LEN, renew_every=16, config=DEFAULT_CONFIG, sized=0.5)``. It helped
+#: tracking on the calibration movies, not on the held-out ones, and let leaving cells jump to a
+#: neighbour more often.
+PHASE_G = TrainConfig(steps=1000, lr=8e-5, warmup=20, clip_len=6, max_stride=3, max_objects=6, prob_box=0.3,
+                      prob_mask=0.1, prob_correct=0.3, prob_single=0.35, single_objects=8, save_every=50, seed=31,
+                      weights=LossWeights(balanced_bce=0.0))
+
 
 def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = PHASE_C, until: int | None = None,
                   seed: int = 0, progress: bool = True, pool_size: int = 48, movie_len: int = 12,
                   renew_every: int = 4, limits: str = "clip", volumes: float = 0.0,
                   config: SAM2Config = CLICKS_THREE, drift: float = 0.0, sized: float = 0.0,
-                  sized_radius: tuple[float, float] = (11.0, 17.0)) -> list[dict]:
+                  sized_radius: tuple[float, float] = (11.0, 17.0), crowded: float = 0.0) -> list[dict]:
     """Phase C (or, with ``PHASE_D`` / ``PHASE_E`` / ``PHASE_F``, ``movie_len=PHASE_D_MOVIE_LEN``, for
     E ``limits="movie"``, ``volumes=PHASE_E_VOLUMES``, for F ``config=DEFAULT_CONFIG``, phases D, E
     and F) from ``start``'s weights (None: the shipped ``default``) into ``out`` (resumable).
     ``drift``: the share of drifting training movies (:class:`SimulatedPool`; tried, not shipped);
     ``sized``: the share of movies whose nuclei have a mean radius in ``sized_radius`` (the scale
-    at which ``track(cell_diameter=...)`` shows cells to the model)."""
+    at which ``track(cell_diameter=...)`` shows cells to the model); ``crowded``: the share of
+    dense, fast movies."""
     out = Path(out)
     model = SAM2Model(config)
     if not out.is_file():
@@ -99,7 +110,7 @@ def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = 
         model.load_state_dict({k: v.float() for k, v in read_checkpoint(start)[0].items()})
     pool = SimulatedPool(DEFAULT_CONFIG.image_size, size=pool_size, movie_len=movie_len, seed=seed + 2,
                          renew_every=renew_every, limits=limits, volumes=volumes, drift=drift, sized=sized,
-                         sized_radius=sized_radius)
+                         sized_radius=sized_radius, crowded=crowded)
     return train(model, pool, cfg, out, progress=progress, until=PHASE_C_UNTIL if until is None else until)
 
 
