@@ -26,6 +26,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,16 +162,16 @@ def _encode(model: SAM2Model, frames: torch.Tensor, warm: int):
 
 
 def _track_frame(model: SAM2Model, feats, memory: dict, maskmem_pos: torch.Tensor, max_ptrs: int, t: int,
-                 n_frames: int, k: int, cond: list[int] = (0,)):
+                 n_frames: int, k: int, cond: Sequence[int] = (0,)):
     """Heads output of tracked frame ``t`` for the K objects from the memory of earlier frames
     (``cond``: the conditioning frames; more than one: the 2 closest are attended)."""
-    selected = mb.select_cond_frames(t, cond, 2 if len(cond) > 1 else -1)[0]
+    selected = mb.select_cond_frames(t, cond, 2)[0]
     spatial = [(memory[c][0], 0) for c in selected]
     spatial += [(memory[p][0], t_pos) for t_pos, p in mb.recent_frames(t, model.num_maskmem, False)
                 if p in memory and p not in selected]
     cond_ptrs, recent = mb.pointer_frames(t, selected, n_frames, max_ptrs, False, signed=model.config.is_v21)
     ptrs = [(memory[f][1], rel) for f, rel in cond_ptrs]
-    ptrs += [(memory[f][1], rel) for f, rel in recent if f in memory and f not in selected]
+    ptrs += [(memory[f][1], rel) for f, rel in recent if f not in selected]
     mem, mem_pos, n_ptr = model.build_memory(spatial, maskmem_pos, ptrs, None)
     vision = feats.vision_features[t : t + 1].expand(k, -1, -1, -1)
     pix = model.condition_on_memory(vision, feats.vision_pos[t : t + 1].expand(k, -1, -1, -1), mem, mem_pos, n_ptr)

@@ -23,6 +23,7 @@ normalised over the whole movie, simulated volumes) was tried after them and is 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -77,15 +78,13 @@ PHASE_F = TrainConfig(steps=600, lr=5e-5, warmup=20, clip_len=6, max_stride=3, m
                       prob_mask=0.1, prob_correct=0.3, prob_single=0.35, single_objects=8, save_every=50, seed=21,
                       weights=LossWeights(balanced_bce=0.0))
 
-#: Phase G (tried 2026-12-06, NOT shipped: model card, "four fine-tuning runs"): phase F's clips
+#: Phase G (tried 2026-12-06, NOT shipped: model card, "five fine-tuning runs"): phase F's clips
 #: for 1,000 steps from the shipped weights with half the movies at the scale ``cell_diameter``
 #: shows nuclei at: ``train_phase_c(None, OUT, PHASE_G, until=1000, seed=40,
 #: movie_len=PHASE_D_MOVIE_LEN, renew_every=16, config=DEFAULT_CONFIG, sized=0.5)``. It helped
 #: tracking on the calibration movies, not on the held-out ones, and let leaving cells jump to a
 #: neighbour more often.
-PHASE_G = TrainConfig(steps=1000, lr=8e-5, warmup=20, clip_len=6, max_stride=3, max_objects=6, prob_box=0.3,
-                      prob_mask=0.1, prob_correct=0.3, prob_single=0.35, single_objects=8, save_every=50, seed=31,
-                      weights=LossWeights(balanced_bce=0.0))
+PHASE_G = replace(PHASE_F, steps=1000, lr=8e-5, seed=31)
 
 
 def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = PHASE_C, until: int | None = None,
@@ -120,7 +119,6 @@ def train_bundled(out: str | Path, steps: int | None = None, seed: int = 0, prog
 
     ``steps`` scales the phases down (for a quick try); None is the shipped recipe.
     """
-    from dataclasses import replace
 
     out = Path(out)
     phases = [  # name, config, until, pool (size, movie length, renew every)
