@@ -253,3 +253,14 @@ def test_demo_score_counts_matches():
     s = score(pred, truth)
     assert (s["tp"], s["fp"], s["fn"]) == (1, 1, 1) and s["f1"] == 0.5
     assert s["mean_iou"] == pytest.approx(5 / 6)
+
+
+def test_evaluate_json_with_movie_counts(capsys):
+    # the bundled model on 2 tiny held-out movies, no drifting movies, no volumes: the figures and
+    # the movie-resampled intervals of the medians come back as one JSON line
+    assert main(["evaluate", "--movies", "2", "--frames", "2", "--size", "64", "--leaving-movies", "0",
+                 "--volumes", "0", "--json"]) == 0
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert m["n_leaving_objects"] == 0 and m["n_volume_objects"] == 0 and m["n_click_objects"] > 0
+    assert m["single_click_iou_lo"] <= m["single_click_iou"] <= m["single_click_iou_hi"]
+    assert m["propagated_iou_lo"] <= m["propagated_iou"] <= m["propagated_iou_hi"]

@@ -200,6 +200,7 @@ def test_evaluate_runs_on_any_model():
     assert 0 <= m.single_click_iou <= 1 and 0 <= m.propagated_iou <= 1
     assert m.n_click_objects > 0 and m.n_tracked_objects > 0 and m.seconds_per_frame > 0
     assert m.best_of_three_click_iou == m.single_click_iou  # Meta's config: the default is the best of three
+    assert np.isnan(m.propagated_iou_lo) and np.isnan(m.single_click_iou_hi)  # one movie: no interval
     torch.manual_seed(0)
     single = evaluate(SAM2Model(TINY.replace(multimask_output_in_sam=False)).eval(), n_movies=1, n_frames=3,
                       size=64, max_objects=2, n_leaving=0, n_volumes=0)
@@ -214,6 +215,24 @@ def test_evaluate_runs_on_any_model():
     scaled = evaluate(model, cell_diameter=True, **kw)
     assert scaled.cell_diameter == 40.0 and np.isnan(single.cell_diameter)
     assert scaled.n_tracked_objects == single.n_tracked_objects and 0 <= scaled.propagated_iou <= 1
+    assert 0 <= scaled.click_iou_at_diameter <= 1 and np.isnan(single.click_iou_at_diameter)
+
+
+def test_median_interval_resamples_whole_movies():
+    from sam2_core.train.evaluate import median_interval
+
+    assert all(np.isnan(median_interval([[0.5, 0.6]])))  # one movie: no interval
+    assert median_interval([[0.7] * 5, [0.7] * 3, []]) == (0.7, 0.7)
+    # two kinds of movie, each consistent inside: the median depends on which kinds are drawn
+    movies = [[0.9] * 8, [0.9] * 8, [0.3] * 8, [0.3] * 8, [0.9, 0.3] * 4]
+    lo, hi = median_interval(movies)
+    assert lo == 0.3 and hi == 0.9
+    # many movies of the same mixture: the interval narrows around the pooled median
+    rng = np.random.default_rng(0)
+    mixed = [list(rng.uniform(0.6, 0.8, 8)) for _ in range(40)]
+    lo, hi = median_interval(mixed)
+    assert lo < np.median(np.concatenate(mixed)) < hi and hi - lo < 0.05
+    assert median_interval(mixed) == (lo, hi)  # seeded: the same figures every run
 
 
 def test_drifting_cells_leave_the_field_and_are_scored():

@@ -351,7 +351,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = _build(args.model, args.device)
     m = evaluate(model, n_movies=args.movies, n_frames=args.frames, size=args.size, progress=not args.json,
-                 cell_diameter=args.cell_diameter)
+                 cell_diameter=args.cell_diameter, n_leaving=args.leaving_movies, n_volumes=args.volumes)
     if args.json:
         print(json.dumps(m.as_dict()))
     else:
@@ -529,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--movies", type=int, default=8)
     ev.add_argument("--frames", type=int, default=50)
     ev.add_argument("--size", type=int, default=256, help="frame side in pixels")
+    ev.add_argument("--leaving-movies", type=int, default=2,
+                    help="drifting movies for the leaving-cell figures (seeds 11,000 on)")
+    ev.add_argument("--volumes", type=int, default=2, help="simulated volumes (seeds 12,000 on)")
     ev.add_argument("--device", default=None)
     ev.add_argument("--json", action="store_true", help="print one JSON line")
     ev.add_argument("--cell-diameter", action="store_true",

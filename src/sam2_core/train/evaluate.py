@@ -20,7 +20,10 @@
   slices as frames): each nucleus that ends inside the stack clicked once on its largest slice
   and tracked both ways through z; ``volume_iou`` is the median per-nucleus 3-D IoU and
   ``volume_absent_accuracy`` the fraction of slices beyond a nucleus (one slice of slack at each
-  end) on which its mask is empty: nuclei end in place, so the object score must say so.
+  end) on which its mask is empty: nuclei end in place, so the object score must say so;
+- ``*_lo`` / ``*_hi``: 95 % bootstrap intervals of the click and propagated medians, resampling
+  whole movies (:func:`median_interval`): two runs whose medians differ by less than the
+  interval's width are not told apart by these movies.
 
 Held-out movies use seeds from 10_000 on; training draws seeds from 1_000_001 on.
 """
@@ -58,6 +61,14 @@ class Metrics:
     volume_absent_accuracy: float = float("nan")
     n_volume_objects: int = 0
     cell_diameter: float = float("nan")  # the propagated part brought cells to this diameter (nan: no)
+    # 95 % intervals of the two medians, resampling whole movies (cells of one movie are alike)
+    single_click_iou_lo: float = float("nan")
+    single_click_iou_hi: float = float("nan")
+    propagated_iou_lo: float = float("nan")
+    propagated_iou_hi: float = float("nan")
+    # with ``cell_diameter``: median IoU of the tracked cells on the clicked frame itself, as the
+    # widget shows a clicked frame of a stack when a Cell diameter is set (windows at that scale)
+    click_iou_at_diameter: float = float("nan")
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -95,6 +106,20 @@ def match_score(pred: np.ndarray, truth: np.ndarray, thresh: float = 0.5) -> dic
         fn += len(set(t_ids) - matched_t)
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
     return {"f1": f1, "mean_iou": float(np.mean(ious)) if ious else 0.0, "tp": tp, "fp": fp, "fn": fn}
+
+
+def median_interval(groups: list[list[float]], n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 95 % percentile-bootstrap interval of the median of the pooled values, resampling whole
+    groups (movies) with replacement: cells of one movie share its density, speed and noise, so
+    they are not independent draws. (nan, nan) with fewer than two non-empty groups."""
+    groups = [np.asarray(g, float) for g in groups if len(g)]
+    if len(groups) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    meds = [np.median(np.concatenate([groups[j] for j in rng.integers(0, len(groups), len(groups))]))
+            for _ in range(n_boot)]
+    lo, hi = np.percentile(meds, [2.5, 97.5])
+    return float(lo), float(hi)
 
 
 def _objects(sim: SimulatedMovie, frame: int, max_objects: int, rng, min_area: int = 20) -> list[int]:
@@ -196,11 +221,14 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         raise ValueError("cell_diameter=True needs a model that stores its preferred cell diameter "
                          "(recommended['cell_diameter'])")
     clicks, clicks3, tracked, absent, divided = [], [], [], [], []
+    click_groups, tracked_groups = [], []  # per movie, for the intervals
+    clicked_frame = []  # IoU on frame 0 of the tracked cells (reported with cell_diameter)
     frames_done, seconds = 0, 0.0
     for i in range(n_movies):
         sim = simulate_cells(n_frames, (size, size), seed=seed + i)
         rng = np.random.default_rng(seed + i)
         image_pred.set_image(sim.movie[0])
+        n_before = len(clicks)
         for cid in _objects(sim, 0, 4 * max_objects, rng):
             truth = sim.labels[0] == cid
             pt = P.click_inside(truth, rng, central=True)
@@ -211,6 +239,7 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
             else:
                 masks, scores, _ = image_pred.predict(point_coords=pt, point_labels=[1], multimask_output=True)
                 clicks3.append(_iou(masks[int(np.argmax(scores))], truth))
+        click_groups.append(clicks[n_before:])
         objs = _objects(sim, 0, max_objects, rng)
         if not objs:
             continue
@@ -223,6 +252,8 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         for f, ids, masks in _propagated(video_pred, sim, first, preferred if cell_diameter else None):
             for cid, m in zip(ids, masks):
                 truth = np.isin(sim.labels[f], list(families[cid]))
+                if f == 0:
+                    clicked_frame.append(_iou(m, truth))
                 if truth.any():
                     per_obj[cid].append(_iou(m, truth))
                     if len(families[cid]) > 1 and f > ends[cid]:
@@ -231,7 +262,8 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
                     absent.append(float(not m.any()))
             frames_done += 1
         seconds += time.perf_counter() - t0
-        tracked += [float(np.mean(v)) for v in per_obj.values() if v]
+        tracked_groups.append([float(np.mean(v)) for v in per_obj.values() if v])
+        tracked += tracked_groups[-1]
         divided += [float(np.mean(v)) for v in after_div.values()]
         if progress:
             print(f"movie {i + 1}/{n_movies}: click IoU {np.median(clicks):.3f}, "
@@ -248,7 +280,9 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
     return Metrics(med(clicks), med(tracked), mean(absent), med(divided), mean(shown),
                    len(clicks), len(tracked), len(absent), n_leaving_cells, len(divided),
                    seconds / max(frames_done, 1), med(clicks3), med(vol_ious), mean(vol_absent), len(vol_ious),
-                   float(preferred) if cell_diameter else float("nan"))
+                   float(preferred) if cell_diameter else float("nan"),
+                   *median_interval(click_groups), *median_interval(tracked_groups),
+                   med(clicked_frame) if cell_diameter else float("nan"))
 
 
 def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], preferred: float | None):
