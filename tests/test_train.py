@@ -457,3 +457,31 @@ def test_pool_crowded_draws_dense_fields():
     base = SimulatedPool(64, size=20, movie_len=2, seed=5)
     same = sum(np.array_equal(a.labels, b.labels) for a, b in zip(half.items, base.items))
     assert 3 < same < 17
+
+
+def test_pool_enlarged_draws_small_nuclei_enlarged_to_the_preferred_scale():
+    enlarged = SimulatedPool(128, size=6, movie_len=3, seed=8, enlarged=1.0, sized_radius=(13.0, 15.0),
+                             drift=1.0, drift_speed=(3.0, 3.0))
+    for item in enlarged.items:
+        assert item.movie.shape == item.labels.shape == (3, 128, 128) and item.movie.dtype == np.float32
+        ids, areas = np.unique(item.labels[0], return_counts=True)
+        assert np.median(np.sqrt(areas[ids > 0] / np.pi)) > 8  # drawn at 4-6.5 px * 1.2-1.6, then enlarged
+    # enlarged, not drawn large: the frames are smooth (bilinear), where nuclei drawn large at the
+    # same scale keep pixel-fine noise and sharp edges
+    native = SimulatedPool(128, size=6, movie_len=3, seed=8, sized=1.0, sized_radius=(13.0, 15.0))
+
+    def roughness(pool):  # mean |second difference| along x relative to the frame's spread
+        return np.median([np.abs(np.diff(np.asarray(i.movie[0], float), 2, axis=1)).mean() / np.std(i.movie[0])
+                          for i in pool.items])
+
+    assert roughness(enlarged) < 0.5 * roughness(native)
+    # drift is in pixels of the enlarged movie: nuclei move about 3 px per frame there
+    item = enlarged.items[0]
+    ids = [i for i in np.unique(item.labels[0]) if i > 0 and (item.labels[2] == i).any()]
+    centre = lambda f, i: np.array(np.nonzero(item.labels[f] == i)).mean(1)  # noqa: E731
+    steps = [np.linalg.norm(centre(2, i) - centre(0, i)) / 2 for i in ids]
+    assert 1.0 < np.median(steps) < 6.0
+    base = SimulatedPool(64, size=20, movie_len=2, seed=5)
+    half = SimulatedPool(64, size=20, movie_len=2, seed=5, enlarged=0.5)
+    same = sum(np.array_equal(a.labels, b.labels) for a, b in zip(half.items, base.items))
+    assert 3 < same < 17  # about half the movies are enlarged; the others are drawn exactly as without

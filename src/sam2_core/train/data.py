@@ -133,6 +133,11 @@ class SimulatedPool:
     ``sized`` is the share of movies whose nuclei have a mean radius drawn from ``sized_radius``
     (pixels) instead of the simulator's wide range: the scale at which the predictors show cells
     to the model when the user gives a cell diameter (``track(cell_diameter=...)``).
+    ``enlarged`` is the share of movies simulated with small nuclei (mean radius 4-8 px as drawn)
+    on a smaller field and then enlarged, frames bilinearly and labels by nearest pixel, until
+    the nuclei reach a mean radius in ``sized_radius``: what ``track(cell_diameter=...)`` does to
+    a recording, blur, noise and motion enlarged with the nuclei (``sized`` draws large nuclei
+    directly, with sharp edges and pixel-fine noise).
     ``crowded`` is the share of movies drawn dense (35-50 % of the field covered) and fast (each
     frame a cell moves 0.15-0.3 of its radius): where tracked cells drift onto their neighbours.
     """
@@ -140,7 +145,8 @@ class SimulatedPool:
     def __init__(self, image_size: int, size: int = 64, movie_len: int = 12, seed: int = 0,
                  renew_every: int = 4, limits: str = "clip", volumes: float = 0.0, drift: float = 0.0,
                  drift_speed: tuple[float, float] = (1.0, 3.0), sized: float = 0.0,
-                 sized_radius: tuple[float, float] = (11.0, 17.0), crowded: float = 0.0) -> None:
+                 sized_radius: tuple[float, float] = (11.0, 17.0), crowded: float = 0.0,
+                 enlarged: float = 0.0) -> None:
         self.image_size, self.movie_len, self.renew_every = image_size, movie_len, renew_every
         self.limits = limits  # see make_clip
         self.volumes = volumes  # share of the pool that are volumes (slices as frames), not movies
@@ -151,6 +157,8 @@ class SimulatedPool:
         self._drift_rng = np.random.default_rng([seed, 11])  # likewise for drift=0
         self._sized_rng = np.random.default_rng([seed, 13])  # likewise for sized=0
         self._crowded_rng = np.random.default_rng([seed, 17])  # likewise for crowded=0
+        self.enlarged = enlarged
+        self._enlarged_rng = np.random.default_rng([seed, 19])  # likewise for enlarged=0
         self._next_seed = 1_000_000 * (seed + 1)
         self.items = [self._new() for _ in range(size)]
         self.draws = 0
@@ -166,6 +174,8 @@ class SimulatedPool:
         if self.drift > 0 and self._drift_rng.uniform() < self.drift:
             angle, speed = self._drift_rng.uniform(0, 2 * np.pi), self._drift_rng.uniform(*self.drift_speed)
             drift = (speed * np.sin(angle), speed * np.cos(angle))
+        if self.enlarged > 0 and self._enlarged_rng.uniform() < self.enlarged:
+            return self._enlarged_movie(drift)
         radius = None
         if self.sized > 0 and self._sized_rng.uniform() < self.sized:
             mean, spread = self._sized_rng.uniform(*self.sized_radius), self._sized_rng.uniform(1.2, 1.6)
@@ -180,6 +190,22 @@ class SimulatedPool:
             speed = self._crowded_rng.uniform(0.15, 0.3) * mean_r
         return from_simulation(simulate_cells(self.movie_len, shape, seed=self._next_seed, drift=drift,
                                               radius=radius, n_cells=n_cells, speed=speed))
+
+    def _enlarged_movie(self, drift: tuple[float, float] | None) -> LabelledMovie:
+        """A movie of small nuclei enlarged to the ``sized_radius`` scale (see the class)."""
+        rng, size = self._enlarged_rng, self.image_size
+        r_lo, spread = rng.uniform(4.0, 6.5), rng.uniform(1.2, 1.6)
+        factor = rng.uniform(*self.sized_radius) / (0.5 * r_lo * (1 + spread))
+        small = max(16, int(round(size / factor)))
+        if drift is not None:  # drift_speed is pixels per frame of the enlarged movie
+            drift = (drift[0] / factor, drift[1] / factor)
+        sim = simulate_cells(self.movie_len, (small, small), seed=self._next_seed, drift=drift,
+                             radius=(r_lo, r_lo * spread))
+        x = torch.from_numpy(sim.movie.astype(np.float32))[:, None]
+        movie = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
+        idx = np.minimum(((np.arange(size) + 0.5) * small / size).astype(int), small - 1)
+        labels = sim.labels[:, idx][:, :, idx]
+        return LabelledMovie(movie, labels, {int(t[0]): int(t[3]) for t in sim.tracks if t[3] > 0})
 
     def sample(self, clip_len: int, max_objects: int, max_stride: int = 1) -> Clip:
         """A clip of ``clip_len`` frames, taken every s-th frame with s drawn from 1..max_stride."""

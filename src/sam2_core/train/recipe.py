@@ -97,14 +97,16 @@ def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = 
                   seed: int = 0, progress: bool = True, pool_size: int = 48, movie_len: int = 12,
                   renew_every: int = 4, limits: str = "clip", volumes: float = 0.0,
                   config: SAM2Config = CLICKS_THREE, drift: float = 0.0, sized: float = 0.0,
-                  sized_radius: tuple[float, float] = (11.0, 17.0), crowded: float = 0.0) -> list[dict]:
+                  sized_radius: tuple[float, float] = (11.0, 17.0), crowded: float = 0.0,
+                  enlarged: float = 0.0) -> list[dict]:
     """Phase C (or, with ``PHASE_D`` / ``PHASE_E`` / ``PHASE_F``, ``movie_len=PHASE_D_MOVIE_LEN``, for
     E ``limits="movie"``, ``volumes=PHASE_E_VOLUMES``, for F ``config=DEFAULT_CONFIG``, phases D, E
     and F) from ``start``'s weights (None: the shipped ``default``) into ``out`` (resumable).
     ``drift``: the share of drifting training movies (:class:`SimulatedPool`; tried, not shipped);
     ``sized``: the share of movies whose nuclei have a mean radius in ``sized_radius`` (the scale
     at which ``track(cell_diameter=...)`` shows cells to the model); ``crowded``: the share of
-    dense, fast movies."""
+    dense, fast movies; ``enlarged``: the share of movies of small nuclei enlarged to the
+    ``sized_radius`` scale, as the cell diameter enlarges a recording."""
     out = Path(out)
     model = SAM2Model(config)
     if not out.is_file():
@@ -115,7 +117,7 @@ def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = 
         model.load_state_dict({k: v.float() for k, v in read_checkpoint(start)[0].items()})
     pool = SimulatedPool(DEFAULT_CONFIG.image_size, size=pool_size, movie_len=movie_len, seed=seed + 2,
                          renew_every=renew_every, limits=limits, volumes=volumes, drift=drift, sized=sized,
-                         sized_radius=sized_radius, crowded=crowded)
+                         sized_radius=sized_radius, crowded=crowded, enlarged=enlarged)
     return train(model, pool, cfg, out, progress=progress, until=PHASE_C_UNTIL if until is None else until)
 
 
