@@ -7,7 +7,7 @@ movie, replicated to RGB, ImageNet statistics), so the model trains on what it w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +133,7 @@ class SimulatedPool:
     ``sized`` is the share of movies whose nuclei have a mean radius drawn from ``sized_radius``
     (pixels) instead of the simulator's wide range: the scale at which the predictors show cells
     to the model when the user gives a cell diameter (``track(cell_diameter=...)``).
-    ``enlarged`` is the share of movies simulated with small nuclei (mean radius 4-8 px as drawn)
+    ``enlarged`` is the share of movies simulated with small nuclei (mean radius about 4-8 px)
     on a smaller field and then enlarged, frames bilinearly and labels by nearest pixel, until
     the nuclei reach a mean radius in ``sized_radius``: what ``track(cell_diameter=...)`` does to
     a recording, blur, noise and motion enlarged with the nuclei (``sized`` draws large nuclei
@@ -151,13 +151,12 @@ class SimulatedPool:
         self.limits = limits  # see make_clip
         self.volumes = volumes  # share of the pool that are volumes (slices as frames), not movies
         self.drift, self.drift_speed = drift, drift_speed
-        self.sized, self.sized_radius, self.crowded = sized, sized_radius, crowded
+        self.sized, self.sized_radius, self.crowded, self.enlarged = sized, sized_radius, crowded, enlarged
         self.rng = np.random.default_rng(seed)
         self._kind_rng = np.random.default_rng([seed, 7])  # its own stream: volumes=0 draws as before
         self._drift_rng = np.random.default_rng([seed, 11])  # likewise for drift=0
         self._sized_rng = np.random.default_rng([seed, 13])  # likewise for sized=0
         self._crowded_rng = np.random.default_rng([seed, 17])  # likewise for crowded=0
-        self.enlarged = enlarged
         self._enlarged_rng = np.random.default_rng([seed, 19])  # likewise for enlarged=0
         self._next_seed = 1_000_000 * (seed + 1)
         self.items = [self._new() for _ in range(size)]
@@ -204,8 +203,7 @@ class SimulatedPool:
         x = torch.from_numpy(sim.movie.astype(np.float32))[:, None]
         movie = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
         idx = np.minimum(((np.arange(size) + 0.5) * small / size).astype(int), small - 1)
-        labels = sim.labels[:, idx][:, :, idx]
-        return LabelledMovie(movie, labels, {int(t[0]): int(t[3]) for t in sim.tracks if t[3] > 0})
+        return from_simulation(replace(sim, movie=movie, labels=sim.labels[:, idx][:, :, idx]))
 
     def sample(self, clip_len: int, max_objects: int, max_stride: int = 1) -> Clip:
         """A clip of ``clip_len`` frames, taken every s-th frame with s drawn from 1..max_stride."""

@@ -252,7 +252,7 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         for f, ids, masks in _propagated(video_pred, sim, first, preferred if cell_diameter else None):
             for cid, m in zip(ids, masks):
                 truth = np.isin(sim.labels[f], list(families[cid]))
-                if f == 0:
+                if f == 0 and cell_diameter:
                     clicked_frame.append(_iou(m, truth))
                 if truth.any():
                     per_obj[cid].append(_iou(m, truth))
