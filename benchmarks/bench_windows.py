@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_windows.py [--threads 2] [--size 512] [--movies 4] [--frames 30]
-                                       [--objects 8] [--model default] [--diameter-sweep 0,20,24,28]
+                                       [--objects 8] [--model default] [--diameter-sweep 0,20,24,28] [--auto]
 
 Prints, per setting, on simulated 16-bit movies of size x size frames (seeds 20,000 and up: neither
 training nor the model card's held-out set) with the simulator's own nucleus sizes:
@@ -10,6 +10,8 @@ training nor the model card's held-out set) with the simulator's own nucleus siz
   frame 0, its whole family counted after a division), as in ``sam2_core.train.evaluate``;
 - seconds per frame for all objects, and the number of windows the frame is cut into.
 ``--diameter-sweep`` also tracks with ``cell_diameter`` set from the simulated radii (0 = scale 1).
+``--auto`` also tracks with the diameter estimated from the clicks (``cell_diameter="auto"``,
+:mod:`sam2_core.diameter`; the estimate's time counts) and prints the estimate / the simulated one.
 ``--memory 100,400`` instead prints the peak RSS of tracking 4 nuclei in windows through that
 many 512 x 512 frames (each count in its own process; frames made on demand, so the stack itself
 takes no memory): memory must not grow with the number of frames.
@@ -33,6 +35,7 @@ def main() -> None:
     ap.add_argument("--objects", type=int, default=8)
     ap.add_argument("--model", default="default")
     ap.add_argument("--diameter-sweep", default="", help="preferred diameters to try, e.g. 20,24,28")
+    ap.add_argument("--auto", action="store_true", help="also: the diameter estimated from the clicks")
     ap.add_argument("--memory", default="", help="frame counts for the peak-RSS check, e.g. 100,400")
     ap.add_argument("--_one", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -62,10 +65,14 @@ def main() -> None:
     settings = [("resized whole (windows=False)", None), ("windows, recorded scale", 1.0)]
     for d in [float(x) for x in args.diameter_sweep.split(",") if x.strip()]:
         settings.append((f"windows, cells brought to {d:g} px", d))
+    if args.auto:
+        settings.append(("windows, diameter estimated from the clicks", "auto"))
+    from sam2_core.diameter import estimate_cell_diameter
+    from sam2_core.track import preferred_diameter
     print(f"model {args.model}: input {model.image_size}, {args.threads} threads, {args.movies} movies of "
           f"{args.frames} frames at {args.size} x {args.size}, {args.objects} cells each")
     for name, how in settings:
-        tracked, seconds, frames, n_windows, encoded = [], 0.0, 0, set(), []
+        tracked, seconds, frames, n_windows, encoded, ratios = [], 0.0, 0, set(), [], []
         for i in range(args.movies):
             sim = simulate_cells(args.frames, (args.size, args.size), seed=20_000 + i)
             rng = np.random.default_rng(20_000 + i)
@@ -92,9 +99,14 @@ def main() -> None:
                 encoded += [1] * args.frames
             else:
                 lo, hi = sim.params["radius"]
-                scale = how / (lo + hi) if how > 1.0 else 1.0
-                tracker = TiledTracker(pred, sim.movie, scale=scale)
                 prompts = [dict(frame=0, object_id=c, points=clicks[c], labels=[1]) for c in objs]
+                if how == "auto":
+                    d = estimate_cell_diameter(pred, sim.movie, prompts).diameter
+                    ratios.append(d / (lo + hi))
+                    scale = preferred_diameter(model) / d
+                else:
+                    scale = how / (lo + hi) if how > 1.0 else 1.0
+                tracker = TiledTracker(pred, sim.movie, scale=scale)
                 for f, results in tracker.run(prompts, 0):
                     encoded.append(sum(1 for st in tracker.states.values() if st.objects))
                     for r in results:
@@ -106,7 +118,8 @@ def main() -> None:
             tracked += [float(np.mean(v)) for v in per.values() if v]
         print(f"{name}: median propagated IoU {np.median(tracked):.3f} (mean {np.mean(tracked):.3f}, "
               f"{len(tracked)} cells), {seconds / frames:.2f} s/frame, windows in the lattice {sorted(n_windows)}, "
-              f"encoded per frame {np.mean(encoded):.1f}",
+              f"encoded per frame {np.mean(encoded):.1f}"
+              + (f", estimated / simulated diameter {np.round(ratios, 2).tolist()}" if ratios else ""),
               flush=True)
 
 

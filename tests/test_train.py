@@ -384,6 +384,10 @@ def test_export_bundled_writes_half_precision_with_its_settings(tmp_path):
     again = build_sam2(checkpoint=tmp_path / "shipped.pt", device="cpu")
     for k, v in model.state_dict().items():
         assert torch.allclose(again.state_dict()[k], v, atol=1e-2, rtol=1e-2)
+    # settings measured for the weights (the preferred cell diameter, ...) are merged in
+    usage = {"cell_diameter": 28.0, "refresh_every": 4}
+    assert export_bundled(src, tmp_path / "s2.pt", calibrate=False, usage=usage) == {**model.recommended, **usage}
+    assert build_sam2(checkpoint=tmp_path / "s2.pt", device="cpu").recommended["cell_diameter"] == 28.0
 
 
 def test_pool_sized_draws_nuclei_at_the_preferred_scale():

@@ -104,6 +104,7 @@ class Controller:
         self.busy_changed: Callable[[bool], None] = lambda busy: None
         self.object_changed: Callable[[int], None] = lambda oid: None
         self.negative_changed: Callable[[bool], None] = lambda neg: None
+        self.cell_diameter_changed: Callable[[float], None] = lambda d: None  # measured (widget shows it)
         self.on_close: list[Callable[[], None]] = []
         self._closed = False
         self.viewer.dims.events.current_step.connect(self._on_step)
@@ -212,6 +213,33 @@ class Controller:
         self.cell_diameter = diameter
         self.status_changed("cell diameter: " + (f"{diameter:g} px" if diameter else "off (recorded scale)")
                             + " (used from the next segmentation or propagation)")
+
+    def measure_cell_diameter(self) -> None:
+        """Measure the cells' typical diameter from the prompted objects (the median equivalent
+        diameter of their masks, ``sam2_core.diameter``) and use it as the Cell diameter."""
+        view = self._check_ready()
+        if view is None:
+            return
+        data, limits = self.image_layer.data, self.image_layer.contrast_limits
+        points, boxes, masks = self._prompts(view)
+        if not (points or boxes or masks):
+            self._fail("Cell diameter: click on a few typical cells (or draw boxes around them) first, then measure.")
+            return
+
+        def job():
+            return self._ensure_session().measure_diameter(data, view, limits, points, boxes, masks)
+
+        def done(found) -> None:
+            d = round(float(found.diameter), 1)
+            self.set_cell_diameter(d)
+            if self.cell_diameter != d:  # refused (outside the model's range): set_cell_diameter said why
+                return
+            self.cell_diameter_changed(d)
+            n = len(found.per_object)
+            self.status_changed(f"cell diameter measured on {n} object{'s' if n != 1 else ''}: {d:g} px "
+                                "(median; used from the next segmentation or propagation)")
+
+        self._run(job, done)
 
     def set_stabilize(self, on: bool) -> None:
         """Remove stage drift (the whole field's translation) before tracking: the stack is

@@ -61,6 +61,24 @@ def _fingerprint(key: tuple[int, int], points: dict, boxes: dict, masks: dict) -
     )
 
 
+def prompt_objects(points: dict, boxes: dict, masks: dict, obj_ids: Sequence[int] | None = None) -> list:
+    """Prompt dicts keyed (frame, object id) -> ``sam2_core.track.Prompt`` objects; a mask prompt
+    stands alone on its frame (optionally only the objects ``obj_ids``)."""
+    from sam2_core.track import Prompt
+
+    out = []
+    for key in sorted(set(points) | set(boxes) | set(masks)):
+        frame, obj = key
+        if obj_ids is not None and obj not in obj_ids:
+            continue
+        p, m = points.get(key), masks.get(key)
+        if m is not None:
+            out.append(Prompt(frame, obj, mask=m))
+        elif p is not None or boxes.get(key) is not None:
+            out.append(Prompt(frame, obj, None if p is None else p[0], None if p is None else p[1], boxes.get(key)))
+    return out
+
+
 class SegmentationSession:
     """Interactive segmentation and tracking on one stack.
 
@@ -155,20 +173,18 @@ class SegmentationSession:
 
     def prompt_list(self, obj_ids: Sequence[int] | None = None) -> list:
         """The current prompts as ``sam2_core.track.Prompt`` objects (optionally of some objects)."""
-        from sam2_core.track import Prompt
+        return prompt_objects(*self._prompt_dicts, obj_ids=obj_ids)
 
-        points, boxes, masks = self._prompt_dicts
-        out = []
-        for key in sorted(set(points) | set(boxes) | set(masks)):
-            frame, obj = key
-            if obj_ids is not None and obj not in obj_ids:
-                continue
-            p, m = points.get(key), masks.get(key)
-            if m is not None:
-                out.append(Prompt(frame, obj, mask=m))
-            elif p is not None or boxes.get(key) is not None:
-                out.append(Prompt(frame, obj, None if p is None else p[0], None if p is None else p[1], boxes.get(key)))
-        return out
+    def measure_diameter(self, data: Any, view: StackView, contrast_limits: Any,
+                         points: dict, boxes: dict, masks: dict):
+        """The cells' typical diameter (recorded pixels) from the prompts' masks: a
+        :class:`sam2_core.diameter.DiameterEstimate` (``estimate_cell_diameter``)."""
+        from sam2_core.diameter import estimate_cell_diameter
+        from sam2_core.io.frames import FrameSource
+
+        source = FrameSource(view.stack_of(data), contrast_limits=contrast_limits)
+        with self.lock:
+            return estimate_cell_diameter(self.predictor, source, prompt_objects(points, boxes, masks))
 
     def provenance(self) -> dict:
         """What produces the labels: the predictor's record plus the scale and windows used."""

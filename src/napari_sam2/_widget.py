@@ -74,6 +74,8 @@ class SAM2Widget(Container):
         self.speed = ComboBox(label="Speed", choices=SPEEDS, value="exact", tooltip=SPEED_HELP)
         self.cell_diameter = FloatSpinBox(label="Cell diameter (px)", min=0.0, max=10000.0, step=1.0, value=0.0,
                                           tooltip=CELL_DIAMETER_HELP)
+        self.measure_diameter = PushButton(text="Measure cell diameter from prompts", tooltip=(
+            "click a few typical cells first: their masks' median diameter becomes the Cell diameter"))
         self.stabilize = CheckBox(text="Correct stage drift", value=False, tooltip=(
             "the whole field moves between frames (a drifting stage): register the frames once and "
             "track on a steady canvas; labels stay where the cells are in each frame"))
@@ -102,7 +104,8 @@ class SAM2Widget(Container):
             self.image, self.axis, self.model, self.checkpoint, self.device, self.object_id, self.negative,
             row(self.new_object, self.delete_object),
             row(self.segment, self.draw_boxes),
-            self.direction, self.all_objects, self.n_frames, self.speed, self.cell_diameter, self.stabilize,
+            self.direction, self.all_objects, self.n_frames, self.speed, self.cell_diameter, self.measure_diameter,
+            self.stabilize,
             row(self.propagate, self.cancel),
             row(self.segment_all, self.track_all),
             self.output, self.labels_prompts, self.tracks,
@@ -122,6 +125,8 @@ class SAM2Widget(Container):
         self.speed.changed.connect(lambda v: c.set_speed(v))
         self.cell_diameter.changed.connect(lambda v: c.set_cell_diameter(v))
         self.stabilize.changed.connect(lambda v: c.set_stabilize(v))
+        self.measure_diameter.changed.connect(lambda: c.measure_cell_diameter())
+        c.cell_diameter_changed = lambda d: self.cell_diameter.set_value(d)
         self.object_id.changed.connect(lambda v: c.set_object(v))
         self.negative.changed.connect(lambda v: c.set_negative(v))
         self.new_object.changed.connect(lambda: self.object_id.set_value(c.new_object()))

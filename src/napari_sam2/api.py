@@ -27,7 +27,10 @@ def _controller(viewer, image_layer, points_layer=None, labels_layer=None, *, mo
     c.set_model(model, checkpoint or "", device)
     if speed is not None:
         c.set_speed(speed)
-    if cell_diameter:
+    auto = isinstance(cell_diameter, str)
+    if auto and cell_diameter.strip().lower() != "auto":
+        raise ValueError(f"cell_diameter must be a number of pixels or 'auto', got {cell_diameter!r}")
+    if cell_diameter and not auto:
         c.set_cell_diameter(cell_diameter)
     if stabilize:
         c.set_stabilize(True)
@@ -39,6 +42,8 @@ def _controller(viewer, image_layer, points_layer=None, labels_layer=None, *, mo
             prompts.features = points_layer.features
     if labels_layer is not None:
         c.set_output(labels_layer.name)
+    if auto:  # measured from the prompts, as the widget's "Measure cell diameter" button does
+        c.measure_cell_diameter()
     return c
 
 
@@ -67,7 +72,8 @@ def propagate(viewer, image_layer, points_layer=None, labels_layer=None, *, dire
     its measured agreement with exact is in docs/engine.md); None keeps the default, exact.
     ``cell_diameter`` (keyword, also for :func:`segment`): the cells' typical diameter in pixels;
     frames are resized so that cells reach the size the model tracks best and tracked in windows
-    of its input (frames larger than 1.25x the input always are). Default: the recorded scale.
+    of its input (frames larger than 1.25x the input always are); "auto": measured from the
+    prompted objects' masks (``sam2_core.diameter``). Default: the recorded scale.
     ``stabilize`` (keyword): remove stage drift (the whole field's translation) before tracking;
     labels stay in each frame's pixels (``sam2_core.stabilize``).
     """

@@ -9,7 +9,7 @@ Manifest (CSV with a header, or YAML: a list of mappings, or ``{jobs: [...]}``),
   every object automatically (``auto``);
 - optional ``seed_frame``, ``direction``, ``max_frames``, ``model``, ``channels`` (e.g. ``0 2``),
   ``cell_diameter`` (px: frames are resized so that cells reach the size the model tracks best;
-  see :func:`sam2_core.track.track`), ``stabilize`` (true/false: remove stage drift before
+  ``auto``: measured from the prompts or seeds; see :func:`sam2_core.track.track`), ``stabilize`` (true/false: remove stage drift before
   tracking; :mod:`sam2_core.stabilize`).
 
 A job whose ``out`` exists is skipped (outputs are written under a temporary name and renamed,
@@ -44,7 +44,7 @@ class Job:
     max_frames: int | None = None
     model: str | None = None
     channels: list[int] | None = None
-    cell_diameter: float | None = None
+    cell_diameter: float | str | None = None  # px, or "auto"
     stabilize: bool = False
 
 
@@ -99,11 +99,18 @@ def _job(row: dict[str, Any], base: Path, where: str) -> Job:
             max_frames=int(row["max_frames"]) if "max_frames" in row else None,
             model=str(row["model"]) if "model" in row else None,
             channels=[int(c) for c in channels] if channels is not None else None,
-            cell_diameter=float(row["cell_diameter"]) if "cell_diameter" in row else None,
+            cell_diameter=_diameter(row["cell_diameter"]) if "cell_diameter" in row else None,
             stabilize=_flag(row["stabilize"]) if "stabilize" in row else False,
         )
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{where}: {e}") from None
+
+
+def _diameter(value: Any) -> float | str:
+    """A manifest's cell_diameter: pixels or 'auto'."""
+    if str(value).strip().lower() == "auto":
+        return "auto"
+    return float(value)
 
 
 def read_manifest(path: str | os.PathLike) -> list[Job]:
@@ -163,18 +170,19 @@ def run_job(job: Job, model: str = "default", device: str | None = None, threads
         source = FrameSource(job.movie, channels=job.channels)
         predictor = SAM2VideoPredictor(_build(job.model or model, device), speed=speed)
         drift, seen = _drift(source, job.stabilize)
+        decided: dict = {}
         if job.prompts:
             prompts = read_prompts(job.prompts)
             check_prompts(prompts, source.num_frames, source.height, source.width)
             labels = track(source, prompts, model=predictor, direction=job.direction, max_frames=job.max_frames,
-                           cell_diameter=job.cell_diameter, stabilize=drift)
+                           cell_diameter=job.cell_diameter, stabilize=drift, info=decided)
         else:
             from sam2_core.automatic import track_all
 
             labels = track_all(source, job.seed_frame, model=predictor, direction=job.direction,
                                max_frames=job.max_frames, cell_diameter=job.cell_diameter,
-                               stabilize=drift)
-        info = window_provenance(predictor, seen, None, job.cell_diameter)
+                               stabilize=drift, info=decided)
+        info = window_provenance(predictor, seen, None, job.cell_diameter, decided=decided)
         info.update(stabilize_provenance(drift))
         _write_labels(out, labels, info)
         return JobResult(job.movie, job.out, "done", time.perf_counter() - t0, len(np.unique(labels)) - 1)

@@ -53,15 +53,31 @@ CELL_DIAMETER_HELP = ("the cells' (nuclei's) typical diameter in pixels: frames 
                       "(frames larger than 1.25x the input are still tracked in windows)")
 
 
+def _diameter_arg(value: str) -> float | str:
+    """--cell-diameter: a number of pixels or 'auto'."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a diameter in pixels or 'auto', got {value!r}") from None
+
+
 def window_provenance(predictor, source, scale: float | None, cell_diameter: float | None,
-                      windows: bool = True) -> dict:
+                      windows: bool = True, decided: dict | None = None) -> dict:
     """The predictor's provenance plus the frame scale and whether frames were tracked in windows
-    (``source``: what was tracked, a FrameSource or a steady canvas, with height and width)."""
+    (``source``: what was tracked, a FrameSource or a steady canvas, with height and width;
+    ``decided``: what ``track(info=...)`` reported, e.g. an estimated cell diameter)."""
     from sam2_core.tiled_track import uses_windows
     from sam2_core.track import resolve_scale
 
     info = dict(predictor.provenance())
-    info["scale"] = resolve_scale(predictor.model, scale, cell_diameter)
+    if decided and "scale" in decided:
+        info["scale"] = float(decided["scale"])
+        if decided.get("cell_diameter_estimated"):
+            info["cell_diameter_estimated"] = round(float(decided["cell_diameter"]), 2)
+    else:
+        info["scale"] = resolve_scale(predictor.model, scale, cell_diameter)
     info["windows"] = uses_windows(source.height, source.width, predictor.model.image_size, info["scale"],
                                    None if windows else False)
     return info
@@ -144,6 +160,7 @@ def _cmd_track(args: argparse.Namespace) -> int:
                                    refresh_every=args.refresh_every)
     drift, seen = _drift(source, args.stabilize)
     bar = _progress_bar(source.num_frames, "tracking")
+    decided: dict = {}
     progress = lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n))  # noqa: E731
     try:
         if args.auto:
@@ -152,16 +169,19 @@ def _cmd_track(args: argparse.Namespace) -> int:
             labels = track_all(source, args.seed_frame, model=predictor, direction=args.direction,
                                max_frames=args.max_frames, fill_holes=args.fill_holes, min_size=args.min_size,
                                progress=progress, scale=args.scale, cell_diameter=args.cell_diameter,
-                               windows=False if args.no_windows else None, stabilize=drift)
+                               windows=False if args.no_windows else None, stabilize=drift, info=decided)
         else:
             labels = track(source, prompts, model=predictor, direction=args.direction, max_frames=args.max_frames,
                            fill_holes=args.fill_holes, min_size=args.min_size,
                            embedding_cache=args.embedding_cache, progress=progress, scale=args.scale,
                            cell_diameter=args.cell_diameter, windows=False if args.no_windows else None,
-                           stabilize=drift)
+                           stabilize=drift, info=decided)
     finally:
         bar.close()
-    info = window_provenance(predictor, seen, args.scale, args.cell_diameter, not args.no_windows)
+    if decided.get("cell_diameter_estimated"):
+        print(f"cell diameter estimated from the {'seeds' if args.auto else 'prompts'}: "
+              f"{decided['cell_diameter']:.1f} px (frames resized {decided['scale']:.2f}x)")
+    info = window_provenance(predictor, seen, args.scale, args.cell_diameter, not args.no_windows, decided)
     info.update(stabilize_provenance(drift))
     _write_labels(out, labels, info)
     print(f"{out}: {len(np.unique(labels)) - 1} objects over {labels.shape[0]} frames ({args.speed} mode)")
@@ -441,7 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--scale", type=float, default=None,
                    help="resize the frames by this factor before tracking (e.g. 2 for nuclei half the size "
                         "the model knows); masks are written at the movie's own size")
-    t.add_argument("--cell-diameter", type=float, default=None, help=CELL_DIAMETER_HELP.replace("0: the", "default: the"))
+    t.add_argument("--cell-diameter", type=_diameter_arg, default=None,
+                   help=CELL_DIAMETER_HELP.replace("0: the", "default: the") + "; 'auto': measured from the prompts' "
+                   "masks (or the seeds' with --auto) and printed")
     t.add_argument("--no-windows", action="store_true",
                    help="resize whole frames to the model input (Meta's way) instead of tracking frames "
                         "larger than 1.25x the input in windows at their own scale")
@@ -534,9 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--volumes", type=int, default=2, help="simulated volumes (seeds 12,000 on)")
     ev.add_argument("--device", default=None)
     ev.add_argument("--json", action="store_true", help="print one JSON line")
-    ev.add_argument("--cell-diameter", action="store_true",
+    ev.add_argument("--cell-diameter", nargs="?", const=True, default=False, choices=[True, "auto"],
+                    type=lambda v: "auto" if v == "auto" else v,
                     help="track each movie with its true nucleus diameter given (as --cell-diameter in track), "
-                         "in windows at the model's preferred diameter")
+                         "in windows at the model's preferred diameter; '--cell-diameter auto': with the "
+                         "diameter estimated from the clicks, as track --cell-diameter auto does")
     ev.set_defaults(func=_cmd_evaluate)
 
     m = sub.add_parser("models", help="list, download or import model weights")

@@ -12,11 +12,12 @@ _LAZY = {
     "SAM2ImagePredictor": "sam2_core.predictor.image",
     "SAM2AutomaticMaskGenerator": "sam2_core.automatic",
     "track_all": "sam2_core.automatic",
+    "estimate_cell_diameter": "sam2_core.diameter",
 }
 
 
 def __getattr__(name: str):
-    """The predictors and ``track_all`` on first use (``sam2_core.track.track`` is the module's)."""
+    """The predictors, ``track_all`` and ``estimate_cell_diameter`` on first use (``sam2_core.track.track`` is the module's)."""
     if name in _LAZY:
         import importlib
 
@@ -34,6 +35,7 @@ __all__ = [
     "SAM2Config",
     "SAM2Model",
     "build_sam2",
+    "estimate_cell_diameter",
     "list_models",
     "save_checkpoint",
     "select_device",

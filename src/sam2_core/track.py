@@ -11,6 +11,7 @@ input at their own scale (:mod:`sam2_core.tiled_track`).
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import torch
 
 from sam2_core import transforms as T
 from sam2_core.masks import fill_small_holes, remove_small_fragments
+
+log = logging.getLogger(__name__)
 
 DIRECTIONS = ("forward", "backward", "both")
 
@@ -225,9 +228,10 @@ def track(
     progress: Callable[[int, int], None] | None = None,
     speed: str | None = None,
     scale: float | None = None,
-    cell_diameter: float | None = None,
+    cell_diameter: float | str | None = None,
     windows: bool | None = None,
     stabilize: Any = False,
+    info: dict | None = None,
 ) -> Any:
     """Track prompted objects through a stack; returns (T, Y, X) labels of object ids.
 
@@ -246,7 +250,8 @@ def track(
         scale: resize the frames by this factor before tracking (e.g. 2 for nuclei half the
             size the model knows); masks come back at the recorded size.
         cell_diameter: the cells' typical diameter in recorded pixels; sets ``scale`` so that
-            they reach the diameter the model tracks best (:func:`preferred_diameter`).
+            they reach the diameter the model tracks best (:func:`preferred_diameter`). "auto":
+            measured from the prompts' masks (:func:`sam2_core.diameter.estimate_cell_diameter`).
         windows: track in windows of the model's input at the (scaled) pixel scale
             (:class:`sam2_core.tiled_track.TiledTracker`). None (default): when the scaled frame
             is larger than 1.25x the input, or a scale other than 1 is asked for; False: resize
@@ -255,15 +260,30 @@ def track(
             the frames are registered by cross-correlation and tracked on a steady canvas; labels
             and prompts stay in each frame's recorded pixels (:mod:`sam2_core.stabilize`). Or a
             (T, 2) drift already measured (:func:`sam2_core.stabilize.estimate_drift`).
+        info: a dict that receives what was decided: ``scale`` (the frame scale used),
+            ``cell_diameter`` (given or estimated; None without one) and
+            ``cell_diameter_estimated``.
     """
     from sam2_core.io.frames import FrameSource
     from sam2_core.tiled_track import TiledTracker, iter_labels, uses_windows
 
     predictor = _as_predictor(model, device, speed)
     prompts = as_prompts(prompts)
-    factor = resolve_scale(predictor.model, scale, cell_diameter)
+    auto = check_diameter(cell_diameter)
+    factor = 1.0 if auto else resolve_scale(predictor.model, scale, cell_diameter)
     source = frames if isinstance(frames, FrameSource) else FrameSource(
         frames, contrast_limits=contrast_limits, channels=channels, channel_axis=channel_axis)
+    if auto:  # measured on the recorded frames: a drift moves cells, it does not resize them
+        from sam2_core.diameter import estimate_cell_diameter
+
+        if scale is not None:
+            raise ValueError("give scale or cell_diameter, not both")
+        found = estimate_cell_diameter(predictor, source, prompts)
+        log.info("cell diameter estimated from %d prompted objects: %.1f px", len(found.per_object), found.diameter)
+        cell_diameter = found.diameter
+        factor = resolve_scale(predictor.model, None, cell_diameter)
+    if info is not None:
+        info.update(scale=factor, cell_diameter=cell_diameter, cell_diameter_estimated=auto)
     recorded_hw, canvas = (source.height, source.width), None
     if stabilize is not None and stabilize is not False:  # True, or a drift measured before
         from sam2_core.stabilize import SteadyCanvas, estimate_drift
@@ -310,6 +330,15 @@ def preferred_diameter(model: Any) -> float | None:
     (``model.recommended["cell_diameter"]``); None if unknown."""
     value = (getattr(model, "recommended", None) or {}).get("cell_diameter")
     return float(value) if value else None
+
+
+def check_diameter(cell_diameter: Any) -> bool:
+    """Whether ``cell_diameter`` asks for an estimate ("auto"); numbers pass (checked later)."""
+    if isinstance(cell_diameter, str):
+        if cell_diameter.strip().lower() != "auto":
+            raise ValueError(f"cell_diameter must be a number of pixels or 'auto', got {cell_diameter!r}")
+        return True
+    return False
 
 
 def resolve_scale(model: Any, scale: float | None, cell_diameter: float | None) -> float:

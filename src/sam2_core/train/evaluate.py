@@ -69,6 +69,9 @@ class Metrics:
     # with ``cell_diameter``: median IoU of the tracked cells on the clicked frame itself, as the
     # widget shows a clicked frame of a stack when a Cell diameter is set (windows at that scale)
     click_iou_at_diameter: float = float("nan")
+    # with ``cell_diameter="auto"``: median of each movie's estimated diameter / its true one
+    # (the simulator's mean radius, doubled)
+    diameter_ratio: float = float("nan")
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -201,14 +204,16 @@ def _volumes(video_pred, n_volumes: int, n_slices: int, size: int, max_objects: 
 def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_objects: int = 8,
              seed: int = HELD_OUT_SEED, progress: bool = False, n_leaving: int = 2,
              leaving_seed: int = LEAVING_SEED, n_volumes: int = 2, volume_seed: int = VOLUME_SEED,
-             cell_diameter: bool = False) -> Metrics:
+             cell_diameter: bool | str = False) -> Metrics:
     """Measure a model (``SAM2Model``) on ``n_movies`` held-out simulated movies (and the
     object-score accuracy on ``n_leaving`` movies of drifting cells, ``min(n_frames, 30)`` frames,
     and the tracking of nuclei through ``n_volumes`` volumes of 32 slices).
 
     ``cell_diameter``: the propagated part tracks each movie as ``track(cell_diameter=...)`` does,
     given the movie's true nucleus diameter (the simulator's mean radius range, doubled), in
-    windows (:class:`sam2_core.tiled_track.TiledTracker`); needs the model's preferred diameter."""
+    windows (:class:`sam2_core.tiled_track.TiledTracker`); needs the model's preferred diameter.
+    ``cell_diameter="auto"``: the same, with each movie's diameter estimated from the clicks on
+    frame 0 as ``track(cell_diameter="auto")`` does (:mod:`sam2_core.diameter`)."""
     from sam2_core.predictor.image import SAM2ImagePredictor
     from sam2_core.predictor.video import SAM2VideoPredictor
 
@@ -223,6 +228,10 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
     clicks, clicks3, tracked, absent, divided = [], [], [], [], []
     click_groups, tracked_groups = [], []  # per movie, for the intervals
     clicked_frame = []  # IoU on frame 0 of the tracked cells (reported with cell_diameter)
+    ratios = []  # estimated / true diameter (cell_diameter="auto")
+    auto = cell_diameter == "auto"
+    if isinstance(cell_diameter, str) and not auto:
+        raise ValueError(f"cell_diameter must be True, False or 'auto', got {cell_diameter!r}")
     frames_done, seconds = 0, 0.0
     for i in range(n_movies):
         sim = simulate_cells(n_frames, (size, size), seed=seed + i)
@@ -249,7 +258,8 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         per_obj: dict[int, list[float]] = {c: [] for c in objs}
         after_div: dict[int, list[float]] = {}
         t0 = time.perf_counter()
-        for f, ids, masks in _propagated(video_pred, sim, first, preferred if cell_diameter else None):
+        for f, ids, masks in _propagated(video_pred, sim, first, preferred if cell_diameter else None,
+                                         ratios if auto else None):
             for cid, m in zip(ids, masks):
                 truth = np.isin(sim.labels[f], list(families[cid]))
                 if f == 0 and cell_diameter:
@@ -282,12 +292,14 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
                    seconds / max(frames_done, 1), med(clicks3), med(vol_ious), mean(vol_absent), len(vol_ious),
                    float(preferred) if cell_diameter else float("nan"),
                    *median_interval(click_groups), *median_interval(tracked_groups),
-                   med(clicked_frame) if cell_diameter else float("nan"))
+                   med(clicked_frame) if cell_diameter else float("nan"), med(ratios))
 
 
-def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], preferred: float | None):
+def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], preferred: float | None,
+                ratios: list | None = None):
     """Yield (frame, object ids, (N, H, W) bool masks) of the clicked cells tracked from frame 0:
-    on the whole frame, or (``preferred``) in windows with the cells brought to that diameter."""
+    on the whole frame, or (``preferred``) in windows with the cells brought to that diameter,
+    from the true diameter or (``ratios`` given: the estimate / truth is appended) the estimate."""
     if preferred is None:
         state = video_pred.init_state(sim.movie)
         for cid, pt in clicks.items():
@@ -301,9 +313,15 @@ def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], 
     from sam2_core.tiled_track import TiledTracker
 
     lo, hi = sim.params["radius"]
-    tracker = TiledTracker(video_pred, sim.movie, scale=preferred / (lo + hi))
+    prompts = [dict(frame=0, object_id=cid, points=pt, labels=[1]) for cid, pt in clicks.items()]
+    diameter = lo + hi
+    if ratios is not None:
+        from sam2_core.diameter import estimate_cell_diameter
+
+        diameter = estimate_cell_diameter(video_pred, sim.movie, prompts).diameter
+        ratios.append(diameter / (lo + hi))
+    tracker = TiledTracker(video_pred, sim.movie, scale=preferred / diameter)
     try:
-        prompts = [dict(frame=0, object_id=cid, points=pt, labels=[1]) for cid, pt in clicks.items()]
         for f, results in tracker.run(prompts, 0):
             yield f, [r.obj_id for r in results], [r.full_mask(tracker.hw) for r in results]
     finally:

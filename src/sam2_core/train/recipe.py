@@ -160,10 +160,13 @@ def train_bundled(out: str | Path, steps: int | None = None, seed: int = 0, prog
     return history
 
 
-def export_bundled(trained: str | Path, dest: str | Path, *, calibrate: bool = True, note: str = "") -> dict:
+def export_bundled(trained: str | Path, dest: str | Path, *, calibrate: bool = True, note: str = "",
+                   usage: dict | None = None) -> dict:
     """Write the shipped form of a trained checkpoint: float16 weights (half the size; the
     loader casts them back), the config, the recipe note and, with ``calibrate``, the automatic
     generator's thresholds calibrated for these weights (``"recommended"``). Returns those.
+    ``usage``: more ``recommended`` settings measured for these weights (``cell_diameter``,
+    ``refresh_every``, ``max_cond_frames_in_attn``; see the model card), merged in.
 
     A checkpoint of the default architecture is written with ``DEFAULT_CONFIG`` as it is now
     (its usage choices, ``SAM2Config.USAGE_FIELDS`` such as ``max_upscale``, may be newer than
@@ -181,7 +184,9 @@ def export_bundled(trained: str | Path, dest: str | Path, *, calibrate: bool = T
     model.eval()
     if calibrate:
         r = calibrate_generator(model)
-        recommended = {"pred_iou_thresh": r["pred_iou_thresh"], "stability_score_thresh": r["stability_score_thresh"]}
+        recommended = {**(recommended or {}), "pred_iou_thresh": r["pred_iou_thresh"],
+                       "stability_score_thresh": r["stability_score_thresh"]}
+    recommended = {**(recommended or {}), **(usage or {})}
     model.recommended = recommended
     save_checkpoint(model.half(), dest, extra={"recipe": note or "sam2_core.train.recipe; docs/model-card.md"})
     return recommended
