@@ -163,3 +163,24 @@ def test_evaluate_with_estimated_diameter(bundled):
     assert np.isnan(evaluate(bundled.model, cell_diameter=True, **kw).diameter_ratio)
     with pytest.raises(ValueError, match="True, False or 'auto'"):
         evaluate(bundled.model, cell_diameter="yes", **kw)
+
+
+def test_track_4d_takes_the_diameter_too(bundled, small_nuclei):
+    from sam2_core.track import track_4d
+
+    sim, prompts, _ = small_nuclei
+    crop = sim.movie[:2, :128, :128]
+    inside = [p for p in prompts if p.points[0].max() < 118][:2]
+    if not inside:
+        pytest.skip("no clicked nucleus in the crop")
+    stack = np.stack([np.stack([crop[t]] * 3) for t in range(2)])  # (T=2, Z=3, Y, X)
+    zp = [Prompt(0, p.object_id, p.points, p.labels, z=1) for p in inside]
+    auto = track_4d(stack, zp, model=bundled, cell_diameter="auto")
+    from sam2_core.io.frames import FrameSource
+    from sam2_core.track import _limits_4d
+
+    t0 = FrameSource(stack[0], contrast_limits=_limits_4d(stack))  # the normalisation track_4d uses
+    d = estimate_cell_diameter(bundled, t0, [Prompt(1, p.object_id, p.points, p.labels) for p in inside])
+    given = track_4d(stack, zp, model=bundled, cell_diameter=d.diameter)
+    assert auto.shape == stack.shape and np.array_equal(auto, given)
+    assert {p.object_id for p in inside} <= set(np.unique(auto[1, 1]))

@@ -403,6 +403,8 @@ def track_4d(
     contrast_limits: Any = None,
     progress: Callable[[int, int], None] | None = None,
     speed: str | None = None,
+    scale: float | None = None,
+    cell_diameter: float | str | None = None,
 ) -> np.ndarray:
     """Track objects in a 3D+t stack (T, Z, Y, X[, C]); returns (T, Z, Y, X) labels.
 
@@ -410,7 +412,8 @@ def track_4d(
     slice). (1) The volume at t0 is tracked through z in both directions from the prompted
     slices. (2) Each z slice is then tracked through time in both directions from t0, with the
     t0 masks as mask prompts. Every (t, z) plane is encoded once per step it takes part in.
-    ``speed`` is as in :func:`track`.
+    ``speed``, ``scale`` and ``cell_diameter`` are as in :func:`track` (one scale for every step;
+    "auto" measures the diameter once, from the prompts on their slices at t0).
     """
     prompts = as_prompts(prompts)
     times = {int(p.frame) for p in prompts}
@@ -427,15 +430,18 @@ def track_4d(
     if contrast_limits is None and not (np.dtype(stack.dtype) == np.uint8 and len(shape) == 5 and shape[-1] == 3):
         contrast_limits = _limits_4d(stack)  # one normalisation for every plane
     z_prompts = [Prompt(int(p.z), p.object_id, p.points, p.labels, p.box, p.mask) for p in prompts]
-    out[t0] = track(stack[t0], z_prompts, model=predictor, direction="both",
-                    fill_holes=fill_holes, min_size=min_size, contrast_limits=contrast_limits)
+    decided: dict = {}
+    out[t0] = track(stack[t0], z_prompts, model=predictor, direction="both", fill_holes=fill_holes,
+                    min_size=min_size, contrast_limits=contrast_limits, scale=scale, cell_diameter=cell_diameter,
+                    info=decided)
+    resized = dict(scale=decided["scale"]) if decided["scale"] != 1.0 else {}  # the same scale through time
     done = 0
     for z in range(n_z):
         ids = [int(i) for i in np.unique(out[t0, z]) if i]
         if ids and n_t > 1:
             masks = [Prompt(t0, i, mask=out[t0, z] == i) for i in ids]
             out[:, z] = track(_ZSlice(stack, z), masks, model=predictor, direction="both",
-                              fill_holes=fill_holes, min_size=min_size, contrast_limits=contrast_limits)
+                              fill_holes=fill_holes, min_size=min_size, contrast_limits=contrast_limits, **resized)
         done += 1
         if progress is not None:
             progress(done, n_z)
