@@ -328,7 +328,7 @@ def test_cli_train_on_labelled_stack(tmp_path, capsys):
 
 
 def test_bundled_recipe_runs_all_phases(tmp_path):
-    from sam2_core.train.recipe import PHASE_C, PHASE_D, PHASE_F, train_bundled
+    from sam2_core.train.recipe import PHASE_C, PHASE_D, PHASE_F, PHASE_N, train_bundled
 
     hist = train_bundled(tmp_path / "d.pt", steps=3, progress=False)
     assert len(hist) == 1  # the last phase's log; every phase ran one step into its own file
@@ -338,9 +338,11 @@ def test_bundled_recipe_runs_all_phases(tmp_path):
     d = torch.load(tmp_path / "d.phaseD.pt", weights_only=True)
     assert d["train_config"]["clip_len"] == PHASE_D.clip_len and d["train_config"]["max_stride"] == PHASE_D.max_stride > 1
     assert d["config"]["multimask_output_in_sam"]  # phases A-D: a click gives three candidates
-    f = torch.load(tmp_path / "d.pt", weights_only=True)
+    f = torch.load(tmp_path / "d.phaseF.pt", weights_only=True)
     assert f["train_config"]["prob_single"] == PHASE_F.prob_single and f["train_config"]["lr"] == PHASE_F.lr
-    assert build_sam2(checkpoint=tmp_path / "d.pt", device="cpu").config == DEFAULT_CONFIG  # F: the single output
+    n = torch.load(tmp_path / "d.pt", weights_only=True)  # N, the last phase: from F's weights
+    assert n["train_config"]["prob_single"] == PHASE_N.prob_single and n["train_config"]["lr"] == PHASE_N.lr
+    assert build_sam2(checkpoint=tmp_path / "d.pt", device="cpu").config == DEFAULT_CONFIG  # F, N: the single output
 
 
 def test_single_frame_steps_mix_in(tmp_path):

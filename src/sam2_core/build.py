@@ -19,8 +19,8 @@ DEFAULT_MODEL = "default"
 BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
 #: Architecture of "default" (the bundled weights store it too).
 _FALLBACK_DEFAULT = DEFAULT_CONFIG
-#: Usage settings measured for the bundled weights after they were exported (a file's own
-#: ``"recommended"`` entries win; the next export stores these in the file):
+#: Usage settings measured for the bundled weights (a file's own ``"recommended"`` entries win;
+#: the fifth version's file stores these itself, ``export_bundled(usage=...)``):
 #: ``cell_diameter``: the nucleus diameter (px) the model tracks best (docs/model-card.md);
 #: ``refresh_every`` / ``max_cond_frames_in_attn``: keyframe refresh every 4 frames, attending
 #: the 2 closest conditioning frames (``SAM2VideoPredictor``; docs/engine.md).

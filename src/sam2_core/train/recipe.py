@@ -91,6 +91,14 @@ PHASE_G = replace(PHASE_F, steps=1000, lr=8e-5, seed=31)
 #: renew_every=16, config=DEFAULT_CONFIG, sized=0.5, drift=0.3)``. Propagated IoU +0.04 on 24
 #: held-out simulated movies, but single clicks on the real nuclei image fell 0.717 -> 0.669.
 PHASE_L = replace(PHASE_F, seed=36, prob_single=0.5)
+#: Phase N (2026-12-06): from the fourth version, 1,000 steps, half of them single clicked frames,
+#: half the movies of small nuclei *enlarged* to the scale ``cell_diameter`` shows them at (as
+#: ``track(cell_diameter=...)`` enlarges a recording, bilinearly) and 30 % drifting:
+#: ``train_phase_c(None, OUT, PHASE_N, until=1000, seed=47, movie_len=PHASE_D_MOVIE_LEN,
+#: renew_every=16, config=DEFAULT_CONFIG, enlarged=0.5, drift=0.3)``, then
+#: ``export_bundled(OUT, DEST, usage=...)`` with the fourth version's cell diameter and refresh
+#: settings. Model card: "Run N".
+PHASE_N = replace(PHASE_F, steps=1000, lr=8e-5, seed=38, prob_single=0.5)
 
 
 def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = PHASE_C, until: int | None = None,
@@ -122,8 +130,10 @@ def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = 
 
 
 def train_bundled(out: str | Path, steps: int | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
-    """Train the ``default`` model from scratch through every shipped phase, A to D and F
+    """Train the ``default`` model from scratch through every shipped phase, A to D, F and N
     (resumable: phase X goes to OUT.phaseX.pt, the last phase to OUT). Returns the last phase's log.
+    Export the result with :func:`export_bundled` (float16, calibrated thresholds, and the
+    ``usage`` settings of the model card).
 
     ``steps`` scales the phases down (for a quick try); None is the shipped recipe.
     """
@@ -135,7 +145,10 @@ def train_bundled(out: str | Path, steps: int | None = None, seed: int = 0, prog
         ("C", PHASE_C, PHASE_C_UNTIL, (48, 12, 4)),
         ("D", PHASE_D, PHASE_D_UNTIL, (48, PHASE_D_MOVIE_LEN, 16)),
         ("F", PHASE_F, PHASE_F.steps, (48, PHASE_D_MOVIE_LEN, 16)),
-    ]  # phase E (PHASE_E) was tried and not shipped: see the model card
+        ("N", PHASE_N, PHASE_N.steps, (48, PHASE_D_MOVIE_LEN, 16)),
+    ]  # phase E (PHASE_E) and G-M were tried and not shipped: see the model card
+    extra = {"N": dict(enlarged=0.5, drift=0.3)}  # SimulatedPool options of a phase
+    pool_seed = {"N": 49}  # the shipped N ran as train_phase_c(..., seed=47): pool seed 47 + 2
     if steps is not None:  # each phase its share of ``steps``, at least one
         total = sum(until for _, _, until, _ in phases)
         phases = [(name, cfg, max(1, steps * until // total), pool) for name, cfg, until, pool in phases]
@@ -147,14 +160,14 @@ def train_bundled(out: str | Path, steps: int | None = None, seed: int = 0, prog
     history: list[dict] = []
     previous = None
     for k, (name, cfg, until, (size, movie_len, renew)) in enumerate(phases):
-        model.config = DEFAULT_CONFIG if name == "F" else CLICKS_THREE  # only the usage flags differ
+        model.config = DEFAULT_CONFIG if name in ("F", "N") else CLICKS_THREE  # only the usage flags differ
         target = out if k == len(phases) - 1 else out.with_name(f"{out.stem}.phase{name}.pt")
         if previous is not None and not target.is_file():  # from the previous phase, new optimiser
             model.load_state_dict({key: v.float() for key, v in read_checkpoint(previous)[0].items()})
         if small:
             size, movie_len = max(2, steps), min(movie_len, 2 * cfg.clip_len)
-        pool = SimulatedPool(DEFAULT_CONFIG.image_size, size=size, movie_len=movie_len, seed=seed + k,
-                             renew_every=renew)
+        pool = SimulatedPool(DEFAULT_CONFIG.image_size, size=size, movie_len=movie_len,
+                             seed=seed + pool_seed.get(name, k), renew_every=renew, **extra.get(name, {}))
         history = train(model, pool, cfg, target, progress=progress, until=until)
         previous = target
     return history
