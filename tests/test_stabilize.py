@@ -93,26 +93,26 @@ def _truth(labels, drift, size, f):
     return labels[40 - dy : 40 - dy + size, 40 - dx : 40 - dx + size]
 
 
-def test_track_with_stabilize_follows_a_drifting_field(model):
-    """A still field drifting 3 px per frame: with stabilize the nuclei are kept, and nuclei that
-    drift out of the field leave fewer masks behind."""
-    n, size = 14, 160  # 39 px of drift (the simulated field has 40 px to spare)
-    movie, drift, labels = _drifting(n, size, (0.0, -3.0), seed=2)
+def _drift_scores(model, seed, n=14, size=160, check_given=False):
+    """Track the clicked nuclei of a field drifting 3 px per frame, with and without stabilize:
+    {name: (IoUs while (nearly) whole in the field, labels left behind after leaving (bools))}."""
+    from sam2_core.train import prompts as P
+
+    movie, drift, labels = _drifting(n, size, (0.0, -3.0), seed=seed)  # 39 px (the field has 40 to spare)
     first = _truth(labels, drift, size, 0)
     ids, areas = np.unique(first, return_counts=True)
     objs = [int(i) for i, a in zip(ids, areas) if i and a > 150 and not np.isin(
         i, np.concatenate([first[0], first[-1], first[:, 0], first[:, -1]]))][:6]
     assert len(objs) >= 3
     rng = np.random.default_rng(0)
-    from sam2_core.train import prompts as P
-
     prompts = [Prompt(0, k, points=P.click_inside(first == k, rng, central=True)) for k in objs]
     steady = track(movie, prompts, model=model, stabilize=True)
     plain = track(movie, prompts, model=model)
-    given = track(movie, prompts, model=model, stabilize=estimate_drift(FrameSource(movie)))  # a drift measured before
-    np.testing.assert_array_equal(given, steady)
-    assert steady.shape == movie.shape and steady.dtype == plain.dtype
-    scores, left = {}, {}
+    if check_given:  # a drift measured before gives the same labels
+        np.testing.assert_array_equal(track(movie, prompts, model=model,
+                                            stabilize=estimate_drift(FrameSource(movie))), steady)
+        assert steady.shape == movie.shape and steady.dtype == plain.dtype
+    out = {}
     for name, lab in (("steady", steady), ("plain", plain)):
         ious, after = [], []
         for f in range(n):
@@ -122,11 +122,23 @@ def test_track_with_stabilize_follows_a_drifting_field(model):
                     ious.append(((lab[f] == k) & (t == k)).sum() / ((lab[f] == k) | (t == k)).sum())
                 elif not (t == k).any():  # gone: is a label left behind?
                     after.append(bool((lab[f] == k).any()))
-        scores[name], left[name] = float(np.mean(ious)), (sum(after), len(after))
+        out[name] = (ious, after)
+    return out
+
+
+def test_track_with_stabilize_follows_a_drifting_field(model):
+    """Still fields drifting 3 px per frame: with stabilize the nuclei are kept, and nuclei that
+    drift out of the field leave fewer masks behind. Eight fields (seeds 2-9): a single field
+    has only a few frames after its nuclei leave (10 on seed 2), too few to compare. Measured,
+    steady / plain: mean IoU 0.855 / 0.482 and labels left on 13 / 30 of 41 frames (fourth
+    version), 0.858 / 0.586 and 14 / 26 (fifth)."""
+    runs = [_drift_scores(model, seed, check_given=seed == 2) for seed in range(2, 10)]
+    scores = {k: float(np.mean([v for r in runs for v in r[k][0]])) for k in ("steady", "plain")}
+    left = {k: (sum(v for r in runs for v in r[k][1]), sum(len(r[k][1]) for r in runs)) for k in ("steady", "plain")}
     assert scores["steady"] > 0.75 and scores["steady"] > scores["plain"] + 0.1, scores
     assert left["steady"][1] > 0 and left["steady"][0] < left["plain"][0], left
     with pytest.raises(IndexError, match="outside the stack"):
-        track(movie, [Prompt(40, 1, points=[[10, 10]])], model=model, stabilize=True)
+        track(np.zeros((3, 32, 32), np.uint16), [Prompt(40, 1, points=[[10, 10]])], model=model, stabilize=True)
 
 
 def test_cli_track_stabilize(tmp_path):

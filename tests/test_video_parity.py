@@ -194,6 +194,22 @@ def test_free_running_masks_agree(case):
     and object that three such perturbations of our weights move by more than 1 % are not
     compared."""
     g, pred = case
+    # Meta's own free-running masks differ between CPU kinds (the stored goldens against a rerun
+    # on an AVX-512 Xeon: 99.2 % on the correction click, 62-100 % on later frames), so the
+    # goldens made on other CPUs (tests/data/other_cpus, same script) are references too: our
+    # run, from a golden's own prompt memories, must agree with at least one of them.
+    refs = [g] + [np.load(p) for p in sorted(OTHER_CPUS.glob(f"golden_video_{g['meta_variant']}_*.npz"))]
+    results = [_free_running(pred, r) for r in refs]
+    assert any(not failed and len(checked) >= len(unstable) for checked, unstable, failed in results), results
+
+
+#: goldens of tests/reference/make_video_goldens.py made on other CPU kinds (free-running test only)
+OTHER_CPUS = DATA / "other_cpus"
+
+
+def _free_running(pred, g) -> tuple[list, list, list]:
+    """Our free-running masks against golden ``g``'s: (pairs checked, pairs too unstable to
+    compare, failures (part, frame, object, share))."""
 
     def run(seed=None):
         shake = contextlib.nullcontext() if seed is None else perturbed_weights(pred.model, seed=seed)
@@ -219,7 +235,7 @@ def test_free_running_masks_agree(case):
     def share(a, b, o) -> float:
         return float((a[1][a[0].index(o)] == b[1][b[0].index(o)]).mean())
 
-    checked, unstable = [], []
+    checked, unstable, failed = [], [], []
     for part, objects in (("fwd", (1, 2)), ("click", (1,)), ("corr", (1, 2)), ("rev", (1, 2))):
         for f, got in ours[part].items():
             ids, m = got
@@ -232,6 +248,7 @@ def test_free_running_masks_agree(case):
                 if min(share(got, s[part][f], o) for s in shaken) < 0.99:
                     unstable.append((part, f, o))
                     continue
-                assert share(got, ref, o) >= 0.99, (part, f, o, share(got, ref, o))
+                if share(got, ref, o) < 0.99:
+                    failed.append((part, f, o, round(share(got, ref, o), 4)))
                 checked.append((part, f, o))
-    assert len(checked) >= len(unstable), (checked, unstable)
+    return checked, unstable, failed
