@@ -148,6 +148,8 @@ def test_cli_and_batch_accept_auto(bundled, small_nuclei, tmp_path, capsys):
     assert main(["track", str(tmp_path / "movie.tif"), "--prompts", str(tmp_path / "prompts.csv"), "--out", str(out),
                  "--cell-diameter", "huge"]) == 2
     assert "expected a diameter in pixels or 'auto'" in capsys.readouterr().err
+    assert main(["evaluate", "--cell-diameter", "12"]) == 2  # evaluate takes the flag alone or 'auto'
+    assert "alone (the true diameter) or 'auto'" in capsys.readouterr().err
     (tmp_path / "jobs.csv").write_text("movie,out,cell_diameter\nmovie.tif,a.tif,auto\nmovie.tif,b.tif,14\n")
     jobs = read_manifest(tmp_path / "jobs.csv")
     assert [j.cell_diameter for j in jobs] == ["auto", 14.0]

@@ -63,6 +63,13 @@ def _diameter_arg(value: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a diameter in pixels or 'auto', got {value!r}") from None
 
 
+def _auto_only(value: str) -> str:
+    """evaluate --cell-diameter's optional value: only 'auto'."""
+    if value.strip().lower() != "auto":
+        raise argparse.ArgumentTypeError(f"give --cell-diameter alone (the true diameter) or 'auto', not {value!r}")
+    return "auto"
+
+
 def window_provenance(predictor, source, scale: float | None, cell_diameter: float | None,
                       windows: bool = True, decided: dict | None = None) -> dict:
     """The predictor's provenance plus the frame scale and whether frames were tracked in windows
@@ -556,8 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--volumes", type=int, default=2, help="simulated volumes (seeds 12,000 on)")
     ev.add_argument("--device", default=None)
     ev.add_argument("--json", action="store_true", help="print one JSON line")
-    ev.add_argument("--cell-diameter", nargs="?", const=True, default=False, choices=[True, "auto"],
-                    type=lambda v: "auto" if v == "auto" else v,
+    ev.add_argument("--cell-diameter", nargs="?", const=True, default=False, metavar="auto",
+                    type=_auto_only,
                     help="track each movie with its true nucleus diameter given (as --cell-diameter in track), "
                          "in windows at the model's preferred diameter; '--cell-diameter auto': with the "
                          "diameter estimated from the clicks, as track --cell-diameter auto does")
