@@ -660,6 +660,7 @@ def test_measure_cell_diameter_from_clicks(make_napari_viewer, qtbot):
         ys, xs = np.nonzero(truth0 == k)
         _click(c, 0, ys.mean(), xs.mean(), oid=n)
         _wait_idle(qtbot, c)
+    assert "small for this model" in w.status.value and "Measure cell diameter" in w.status.value
     w.measure_diameter.clicked.emit()
     _wait_idle(qtbot, c)
     truth = np.median([equivalent_diameter(truth0 == k) for k in picked])
@@ -667,7 +668,11 @@ def test_measure_cell_diameter_from_clicks(make_napari_viewer, qtbot):
     assert c.cell_diameter == pytest.approx(w.cell_diameter.value)
     assert c.session.scale == pytest.approx(preferred_diameter(c.session.model) / c.cell_diameter)
     assert "measured on 5 objects" in w.status.value
-    assert len(viewer.layers[A.PROMPTS].data) == len(picked)  # the prompts are kept
+    ys, xs = np.nonzero(truth0 == picked[0])
+    _click(c, 0, ys.mean() + 1, xs.mean(), oid=1)  # with a diameter set: no hint
+    _wait_idle(qtbot, c)
+    assert "small for this model" not in w.status.value
+    assert len(viewer.layers[A.PROMPTS].data) == len(picked) + 1  # the prompts are kept
     # the scripting API: cell_diameter="auto" measures the same way before tracking
     layer = napari_sam2.segment(viewer, viewer.layers["cells"], viewer.layers[A.PROMPTS], cell_diameter="auto")
     assert layer.metadata["napari_sam2"]["scale"] == pytest.approx(c.session.scale, rel=0.05)

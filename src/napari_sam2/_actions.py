@@ -67,6 +67,10 @@ class _thread_progress:
             self.bar = None
 
 
+#: objects below this share of the model's preferred diameter get a Cell diameter hint
+SMALL_CELL = 0.6
+
+
 class Controller:
     """State of the plugin on one viewer.
 
@@ -546,11 +550,28 @@ class Controller:
             if results and used:
                 self._record_provenance(labels, used[-1])
             self._restyle_points()
-            self.status_changed(note or f"segmented {len(results)} frame(s)")
+            hint = self._size_hint(results, used[-1]) if used else ""
+            self.status_changed((note or f"segmented {len(results)} frame(s)") + hint)
             if then is not None:
                 self._when_idle(then)
 
         self._run(job, done)
+
+    def _size_hint(self, results, session: SegmentationSession) -> str:
+        """A hint when, with no Cell diameter set, the current object of a stack came out much
+        smaller than the diameter the model tracks best ("" otherwise)."""
+        from sam2_core.diameter import equivalent_diameter
+        from sam2_core.track import preferred_diameter
+
+        pref = preferred_diameter(session.model)
+        if self.cell_diameter or not pref or session.view is None or session.view.axis is None:
+            return ""
+        for _, lab, _ in results:
+            d = equivalent_diameter(np.asarray(lab) == self.object_id)
+            if 0 < d < SMALL_CELL * pref:
+                return (f"; object {self.object_id} is about {d:.0f} px across, small for this model: set Cell "
+                        f"diameter or press 'Measure cell diameter from prompts' to track cells at {pref:g} px")
+        return ""
 
     def segment_all(self, then: Callable[[], None] | None = None) -> None:
         """Find every object on the shown frame automatically; each becomes a new object (mask prompt)."""
