@@ -27,9 +27,10 @@ def _controller(viewer, image_layer, points_layer=None, labels_layer=None, *, mo
     c.set_model(model, checkpoint or "", device)
     if speed is not None:
         c.set_speed(speed)
-    auto = isinstance(cell_diameter, str)
-    if auto and cell_diameter.strip().lower() != "auto":
-        raise ValueError(f"cell_diameter must be a number of pixels or 'auto', got {cell_diameter!r}")
+    from sam2_core.track import as_diameter
+
+    cell_diameter = as_diameter(cell_diameter)
+    auto = cell_diameter == "auto"
     if cell_diameter and not auto:
         c.set_cell_diameter(cell_diameter)
     if stabilize:

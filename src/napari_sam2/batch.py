@@ -76,6 +76,8 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def _job(row: dict[str, Any], base: Path, where: str) -> Job:
+    from sam2_core.track import as_diameter
+
     unknown = set(row) - set(_FIELDS)
     if unknown:
         raise ManifestError(f"{where}: unknown columns {sorted(unknown)}; known: {', '.join(_FIELDS)}")
@@ -99,18 +101,11 @@ def _job(row: dict[str, Any], base: Path, where: str) -> Job:
             max_frames=int(row["max_frames"]) if "max_frames" in row else None,
             model=str(row["model"]) if "model" in row else None,
             channels=[int(c) for c in channels] if channels is not None else None,
-            cell_diameter=_diameter(row["cell_diameter"]) if "cell_diameter" in row else None,
+            cell_diameter=as_diameter(row.get("cell_diameter")),
             stabilize=_flag(row["stabilize"]) if "stabilize" in row else False,
         )
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{where}: {e}") from None
-
-
-def _diameter(value: Any) -> float | str:
-    """A manifest's cell_diameter: pixels or 'auto'."""
-    if str(value).strip().lower() == "auto":
-        return "auto"
-    return float(value)
 
 
 def read_manifest(path: str | os.PathLike) -> list[Job]:

@@ -54,11 +54,11 @@ CELL_DIAMETER_HELP = ("the cells' (nuclei's) typical diameter in pixels: frames 
 
 
 def _diameter_arg(value: str) -> float | str:
-    """--cell-diameter: a number of pixels or 'auto'."""
-    if value.strip().lower() == "auto":
-        return "auto"
+    """--cell-diameter: a number of pixels or 'auto' (``sam2_core.track.as_diameter``)."""
+    from sam2_core.track import as_diameter
+
     try:
-        return float(value)
+        return as_diameter(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a diameter in pixels or 'auto', got {value!r}") from None
 

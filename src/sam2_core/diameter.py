@@ -89,7 +89,6 @@ def estimate_cell_diameter(predictor: Any, frames: Any, prompts: Sequence[Any], 
         ValueError: no prompt has a positive click, box or mask, or every mask came out empty.
     """
     from sam2_core.io.frames import FrameSource
-    from sam2_core.tiled_track import TiledTracker
     from sam2_core.track import MAX_SCALE, _as_predictor, as_prompts, preferred_diameter
 
     predictor = _as_predictor(predictor, None)
@@ -111,7 +110,7 @@ def estimate_cell_diameter(predictor: Any, frames: Any, prompts: Sequence[Any], 
     scale = 1.0
     for _ in range(max(1, rounds) if to_segment else 0):
         scales.append(scale)
-        measured = _segment(predictor, source, to_segment, scale, TiledTracker)
+        measured = _segment(predictor, source, to_segment, scale)
         values = list(given.values()) + list(measured.values())
         if not values:
             break
@@ -126,9 +125,11 @@ def estimate_cell_diameter(predictor: Any, frames: Any, prompts: Sequence[Any], 
     return DiameterEstimate(float(np.median(list(per_object.values()))), dict(sorted(per_object.items())), scales)
 
 
-def _segment(predictor: Any, source: Any, groups: dict[int, list], scale: float, tracker_cls: Any) -> dict[int, float]:
+def _segment(predictor: Any, source: Any, groups: dict[int, list], scale: float) -> dict[int, float]:
     """Each object's equivalent diameter (recorded pixels) from its prompts, segmented at ``scale``."""
-    tracker = tracker_cls(predictor, source, scale=scale)
+    from sam2_core.tiled_track import TiledTracker
+
+    tracker = TiledTracker(predictor, source, scale=scale)
     out: dict[int, float] = {}
     try:
         by_frame: dict[int, list] = defaultdict(list)

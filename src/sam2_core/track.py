@@ -269,7 +269,8 @@ def track(
 
     predictor = _as_predictor(model, device, speed)
     prompts = as_prompts(prompts)
-    auto = check_diameter(cell_diameter)
+    cell_diameter = as_diameter(cell_diameter)
+    auto = cell_diameter == "auto"
     factor = 1.0 if auto else resolve_scale(predictor.model, scale, cell_diameter)
     source = frames if isinstance(frames, FrameSource) else FrameSource(
         frames, contrast_limits=contrast_limits, channels=channels, channel_axis=channel_axis)
@@ -332,13 +333,17 @@ def preferred_diameter(model: Any) -> float | None:
     return float(value) if value else None
 
 
-def check_diameter(cell_diameter: Any) -> bool:
-    """Whether ``cell_diameter`` asks for an estimate ("auto"); numbers pass (checked later)."""
-    if isinstance(cell_diameter, str):
-        if cell_diameter.strip().lower() != "auto":
-            raise ValueError(f"cell_diameter must be a number of pixels or 'auto', got {cell_diameter!r}")
-        return True
-    return False
+def as_diameter(value: Any) -> float | str | None:
+    """A ``cell_diameter`` value as given by a caller, a command line or a manifest: None, "auto"
+    (any case), or a number of pixels (range checked by :func:`resolve_scale`)."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"cell_diameter must be a number of pixels or 'auto', got {value!r}") from None
 
 
 def resolve_scale(model: Any, scale: float | None, cell_diameter: float | None) -> float:
