@@ -54,7 +54,7 @@ def test_equivalent_diameter_and_prompt_choice():
     assert len(first) == 10 and 1 in first and 2 not in first and first[1][0].frame == 1
     assert max(first) == 39  # spread over the ids, not the first ten
     assert as_diameter("auto") == as_diameter(" Auto ") == "auto" and as_diameter("14") == 14.0
-    assert as_diameter(None) is None
+    assert as_diameter(None) is None and as_diameter("off") == as_diameter("None") == 0.0
     with pytest.raises(ValueError, match="number of pixels or 'auto'"):
         as_diameter("big")
 
@@ -126,6 +126,42 @@ def test_track_auto_diameter_reports_what_it_used(bundled, small_nuclei):
         track(sim.movie[:1], prompts[:1], model=bundled, cell_diameter="auto", scale=2.0)
 
 
+def test_track_measures_the_diameter_by_default(bundled, small_nuclei):
+    """With no scale or diameter given, a model that stores its preferred diameter tracks as with
+    cell_diameter="auto"; 0 / "off", a scale, windows=False or a model without one keep the
+    recorded scale; nothing measurable falls back to it instead of failing."""
+    sim, prompts, _ = small_nuclei
+    kw = dict(model=bundled, max_frames=1)
+    default, auto = {}, {}
+    lab = track(sim.movie[:2], prompts[:4], info=default, **kw)
+    assert np.array_equal(lab, track(sim.movie[:2], prompts[:4], cell_diameter="auto", info=auto, **kw))
+    assert default == auto and default["cell_diameter_estimated"] is True and default["scale"] > 1.5
+    for extra in (dict(cell_diameter=0), dict(cell_diameter="off"), dict(scale=1.0), dict(windows=False)):
+        used: dict = {}
+        track(sim.movie[:1], prompts[:2], info=used, **kw, **extra)
+        assert used["scale"] == 1.0 and not used["cell_diameter_estimated"], extra
+    saved = bundled.model.recommended
+    bundled.model.recommended = {k: v for k, v in saved.items() if k != "cell_diameter"}
+    try:
+        used = {}
+        track(sim.movie[:1], prompts[:2], info=used, **kw)
+        assert used["scale"] == 1.0 and not used["cell_diameter_estimated"]
+    finally:
+        bundled.model.recommended = saved
+    import sam2_core.diameter as D
+
+    real = D._segment
+    try:  # every mask empty: the default falls back to the recorded scale, "auto" says why it fails
+        D._segment = lambda *a: {}
+        used = {}
+        track(sim.movie[:1], prompts[:2], info=used, **kw)
+        assert used == {"scale": 1.0, "cell_diameter": None, "cell_diameter_estimated": False}
+        with pytest.raises(ValueError, match="came out empty"):
+            track(sim.movie[:1], prompts[:2], cell_diameter="auto", **kw)
+    finally:
+        D._segment = real
+
+
 def test_cli_and_batch_accept_auto(bundled, small_nuclei, tmp_path, capsys):
     from napari_sam2.batch import read_manifest
     from napari_sam2.cli import main
@@ -145,6 +181,15 @@ def test_cli_and_batch_accept_auto(bundled, small_nuclei, tmp_path, capsys):
     assert info["cell_diameter_estimated"] > 0 and info["windows"] is True and info["scale"] > 1.5
     assert f"{info['cell_diameter_estimated']:.1f} px" in printed
     assert main(["track", str(tmp_path / "movie.tif"), "--prompts", str(tmp_path / "prompts.csv"), "--out", str(out),
+                 "--max-frames", "1"]) == 0  # the default measures too
+    assert "cell diameter estimated from the prompts" in capsys.readouterr().out
+    assert read_labels_info(out)["scale"] > 1.5
+    cache = tmp_path / "cache"  # with embed's cache (made at the recorded scale) track keeps that scale
+    assert main(["embed", str(tmp_path / "movie.tif"), "--cache", str(cache)]) == 0
+    assert main(["track", str(tmp_path / "movie.tif"), "--prompts", str(tmp_path / "prompts.csv"), "--out", str(out),
+                 "--max-frames", "1", "--embedding-cache", str(cache)]) == 0
+    assert "estimated" not in capsys.readouterr().out and read_labels_info(out)["scale"] == 1.0
+    assert main(["track", str(tmp_path / "movie.tif"), "--prompts", str(tmp_path / "prompts.csv"), "--out", str(out),
                  "--cell-diameter", "huge"]) == 2
     assert "expected a diameter in pixels or 'auto'" in capsys.readouterr().err
     assert main(["evaluate", "--cell-diameter", "12"]) == 2  # evaluate takes the flag alone or 'auto'
@@ -160,7 +205,10 @@ def test_evaluate_with_estimated_diameter(bundled):
     kw = dict(n_movies=1, n_frames=3, size=160, max_objects=3, n_leaving=0, n_volumes=0)
     m = evaluate(bundled.model, cell_diameter="auto", **kw)
     assert 0.6 < m.diameter_ratio < 1.2 and 0 <= m.propagated_iou <= 1 and m.n_tracked_objects > 0
-    assert np.isnan(evaluate(bundled.model, cell_diameter=True, **kw).diameter_ratio)
+    assert 0.3 < m.click_iou_scaled <= 1  # every click, at the diameter measured from the first clicks
+    true = evaluate(bundled.model, cell_diameter=True, **kw)
+    assert np.isnan(true.diameter_ratio) and 0.3 < true.click_iou_scaled <= 1
+    assert np.isnan(evaluate(bundled.model, **kw).click_iou_scaled)
     with pytest.raises(ValueError, match="True, False or 'auto'"):
         evaluate(bundled.model, cell_diameter="yes", **kw)
 

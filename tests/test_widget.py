@@ -529,6 +529,7 @@ def test_clicks_on_a_large_single_image_go_to_native_tiles(make_napari_viewer, q
     viewer.add_image(image, name="scan")
     w = _dock(viewer)
     c = w.controller
+    c.set_cell_diameter("off")  # the recorded scale (auto would segment in windows at the cells' scale)
     picked = [k for k in np.unique(truth) if k][::40][:4]  # nuclei spread over the field
     for n, k in enumerate(picked, start=1):
         ys, xs = np.nonzero(truth == k)
@@ -576,6 +577,7 @@ def test_large_stack_is_tracked_in_windows_at_its_own_scale(make_napari_viewer, 
     viewer.dims.current_step = (0, 0, 0)
     w = _dock(viewer)
     c = w.controller
+    c.set_cell_diameter("off")  # the recorded scale (by default the diameter is measured from the clicks)
     truth0 = sim.labels[0]
     picked = [k for k in np.unique(truth0) if k and (truth0 == k).sum() > 80][::25][:3]
     for n, k in enumerate(picked, start=1):
@@ -633,27 +635,35 @@ def test_large_stack_is_tracked_in_windows_at_its_own_scale(make_napari_viewer, 
     assert c.session.scale == 1.0
 
 
+def _small_nuclei_dock(make_napari_viewer, frames: int):
+    """(movie, viewer, widget, controller): a 320 x 320 movie of nuclei about 10 px across, shown
+    as "cells" at frame 0 with the widget docked (the bundled model: skipped without it)."""
+    from sam2_core.build import bundled_checkpoint
+    from sam2_core.simulate_cells import simulate_cells
+
+    if bundled_checkpoint() is None:
+        pytest.skip("no bundled weights in this installation")
+    sim = simulate_cells(frames, (320, 320), seed=10_101, radius=(4.5, 6.0))
+    viewer = make_napari_viewer()
+    viewer.add_image(sim.movie, name="cells")
+    viewer.dims.current_step = (0, 0, 0)
+    w = _dock(viewer)
+    return sim, viewer, w, w.controller
+
+
 def test_measure_cell_diameter_from_clicks(make_napari_viewer, qtbot):
     """"Measure cell diameter from prompts": clicks on small nuclei give their median diameter
     (within 20 %), the Cell diameter field shows it and the session tracks at the scale it implies;
     with no prompts the button says what to do; a script gets the same with cell_diameter="auto"."""
     import napari_sam2
-    from sam2_core.build import bundled_checkpoint
     from sam2_core.diameter import equivalent_diameter
-    from sam2_core.simulate_cells import simulate_cells
     from sam2_core.track import preferred_diameter
 
-    if bundled_checkpoint() is None:
-        pytest.skip("no bundled weights in this installation")
-    sim = simulate_cells(2, (320, 320), seed=10_101, radius=(4.5, 6.0))
-    viewer = make_napari_viewer()
-    viewer.add_image(sim.movie, name="cells")
-    viewer.dims.current_step = (0, 0, 0)
-    w = _dock(viewer)
-    c = w.controller
+    sim, viewer, w, c = _small_nuclei_dock(make_napari_viewer, 2)
     w.measure_diameter.clicked.emit()  # nothing prompted yet: a message, no crash
     _wait_idle(qtbot, c)
     assert "click on a few typical cells" in w.status.value
+    c.set_cell_diameter("off")  # no automatic diameter: small cells get a hint
     truth0 = sim.labels[0]
     picked = [k for k in np.unique(truth0) if k and (truth0 == k).sum() > 30][:5]
     for n, k in enumerate(picked, start=1):
@@ -678,6 +688,64 @@ def test_measure_cell_diameter_from_clicks(make_napari_viewer, qtbot):
     assert layer.metadata["napari_sam2"]["scale"] == pytest.approx(c.session.scale, rel=0.05)
     with pytest.raises(ValueError, match="'auto'"):
         napari_sam2.segment(viewer, viewer.layers["cells"], viewer.layers[A.PROMPTS], cell_diameter="large")
+
+
+def test_cell_diameter_is_measured_automatically(make_napari_viewer, qtbot):
+    """With Cell diameter on auto (the default), the first clicked cells set the scale: small
+    nuclei are enlarged from the first click on, measured again up to 5 objects, and the scale is
+    kept once a propagation used it; a single 2-D image is segmented at that scale too; "off" keeps
+    the recorded scale. The automatic clicks label their cells better than the recorded scale."""
+    from sam2_core.track import preferred_diameter
+
+    sim, viewer, w, c = _small_nuclei_dock(make_napari_viewer, 3)
+    assert w.cell_diameter.value == 0.0 and w.cell_diameter.native.text() == "auto"
+    truth0 = sim.labels[0]
+    picked = [k for k in np.unique(truth0) if k and (truth0 == k).sum() > 30][:7]
+    labels_of = lambda: viewer.layers[A.LABELS].data[0]  # noqa: E731
+    iou = lambda n, k: ((labels_of() == n) & (truth0 == k)).sum() / ((labels_of() == n) | (truth0 == k)).sum()  # noqa: E731
+    scales = []
+    for n, k in enumerate(picked[:6], start=1):
+        ys, xs = np.nonzero(truth0 == k)
+        _click(c, 0, ys.mean(), xs.mean(), oid=n)
+        _wait_idle(qtbot, c)
+        scales.append(c.session.scale)
+        if n == 1:
+            assert "cell diameter measured from 1 object(s)" in w.status.value, (w.status.value, _errors())
+    pref = preferred_diameter(c.session.model)
+    assert scales[0] > 1.5 and c.session.windowed(), scales  # nuclei of ~10 px, the model's 28
+    assert c.session_diameter == pytest.approx(pref / c.session.scale) and c.cell_diameter is None
+    assert w.cell_diameter.value == 0.0  # the field stays on auto
+    auto_ious = [iou(n, k) for n, k in enumerate(picked[:6], start=1)]
+    assert np.median(auto_ious) > 0.6, (auto_ious, _errors())
+    w.direction.value = "forward"
+    w.propagate.clicked.emit()
+    _wait_idle(qtbot, c, timeout=120_000)
+    kept = c.session.scale
+    assert viewer.layers[A.LABELS].metadata["napari_sam2"]["scale"] == pytest.approx(kept)
+    ys, xs = np.nonzero(truth0 == picked[6])  # after a propagation the scale is kept
+    _click(c, 0, ys.mean(), xs.mean(), oid=7)
+    _wait_idle(qtbot, c)
+    assert c.session.scale == kept and "measured" not in w.status.value
+    # "off": the recorded scale, and the same clicks label their cells worse there
+    c.set_cell_diameter("off")
+    w.segment.clicked.emit()
+    _wait_idle(qtbot, c)
+    assert c.session.scale == 1.0 and not c.session.windowed()
+    recorded = [iou(n, k) for n, k in enumerate(picked[:6], start=1)]
+    assert np.median(auto_ious) > np.median(recorded), (auto_ious, recorded)
+    # a single 2-D image: segmented in windows at the measured scale
+    viewer2 = make_napari_viewer()
+    viewer2.add_image(sim.movie[0], name="still")
+    w2 = _dock(viewer2)
+    c2 = w2.controller
+    ys, xs = np.nonzero(truth0 == picked[0])
+    _click2 = c2.prompts_layer()
+    c2.set_object(1)
+    _click2.add([[ys.mean(), xs.mean()]])
+    _wait_idle(qtbot, c2)
+    assert c2.session.scale > 1.5 and c2.session.windowed(), _errors()
+    lab = viewer2.layers[A.LABELS].data
+    assert lab.shape == truth0.shape and ((lab == 1) & (truth0 == picked[0])).sum() / ((lab == 1) | (truth0 == picked[0])).sum() > 0.5
 
 
 def test_correct_stage_drift_tracks_on_a_steady_canvas(make_napari_viewer, qtbot):

@@ -69,6 +69,10 @@ class _thread_progress:
 
 #: objects below this share of the model's preferred diameter get a Cell diameter hint
 SMALL_CELL = 0.6
+#: with no Cell diameter set, it is measured from the prompted objects until this many are prompted
+AUTO_OBJECTS = 5
+#: ... and the frames are resized again only when the measured scale moves by more than this factor
+AUTO_TOLERANCE = 1.15
 
 
 class Controller:
@@ -88,7 +92,12 @@ class Controller:
         self.axis: int | None = None
         self.model_spec = ("default", "", "auto")
         self.speed = "exact"
-        self.cell_diameter: float | None = None
+        self.cell_diameter: float | None = None  # set by the user; None: measured (automatic) or off
+        #: with no Cell diameter set, measure it from the first AUTO_OBJECTS prompted objects
+        #: (models that store the diameter they track best only)
+        self.auto_diameter = True
+        self._auto: tuple[int, float | None] = (0, None)  # (objects measured, diameter the session uses)
+        self._auto_frozen = False  # a propagation used the measured diameter: it is kept
         self.stabilize = False  # remove stage drift before tracking (sam2_core.stabilize)
         self.session: SegmentationSession | None = None
         self.object_id = 1
@@ -161,6 +170,10 @@ class Controller:
             axis = L.default_axis(layer.data.shape, list(self.viewer.dims.axis_labels)[-layer.ndim:], layer.rgb)
         if layer is not self.image_layer or axis != self.axis:
             self._masks.clear()  # their frame indices belong to the previous stack
+            if self._auto[1] is not None and self.session is not None:  # measured on the previous stack
+                self.session = SegmentationSession(self.session.model, speed=self.speed,
+                                                   cell_diameter=self.cell_diameter, stabilize=self.stabilize)
+            self._auto, self._auto_frozen = (0, None), False
         self.image_layer = layer
         self.axis = axis
         if layer is not None:
@@ -192,19 +205,27 @@ class Controller:
             return
         self.speed = speed
         if self.session is not None:
-            self.session = SegmentationSession(self.session.model, speed=speed, cell_diameter=self.cell_diameter,
+            self.session = SegmentationSession(self.session.model, speed=speed, cell_diameter=self.session_diameter,
                                                stabilize=self.stabilize)
         self.status_changed(f"speed: {speed} (used from the next segmentation or propagation)")
 
-    def set_cell_diameter(self, diameter: float | None) -> None:
-        """The cells' typical diameter in pixels (0 or None: track at the recorded scale).
+    @property
+    def session_diameter(self) -> float | None:
+        """The cell diameter the session resizes frames by: the user's, else the measured one."""
+        return self.cell_diameter or self._auto[1]
+
+    def set_cell_diameter(self, diameter: float | str | None) -> None:
+        """The cells' typical diameter in pixels; 0 or None: automatic, "off": the recorded scale.
 
         Frames are then resized so that cells reach the diameter the model tracks best (stored
         with its weights) and tracked in windows of the model's input; see
-        ``sam2_core.tiled_track``. Like a speed change, the model is kept and the tracking is
-        rebuilt from the prompt layers on the next action."""
-        diameter = float(diameter) if diameter else None
-        if diameter == self.cell_diameter:
+        ``sam2_core.tiled_track``. Automatic (the default): for a model that stores that
+        diameter, it is measured from the first prompted objects (``AUTO_OBJECTS``) as they
+        are clicked, and kept once a propagation used it. Like a speed change, the model is kept
+        and the tracking is rebuilt from the prompt layers on the next action."""
+        off = isinstance(diameter, str) and diameter.strip().lower() in ("off", "none")
+        diameter = None if off else (float(diameter) if diameter else None)
+        if diameter == self.cell_diameter and self.auto_diameter != off:
             return
         if self.session is not None:
             try:
@@ -215,8 +236,51 @@ class Controller:
                 return
             self.session = session
         self.cell_diameter = diameter
-        self.status_changed("cell diameter: " + (f"{diameter:g} px" if diameter else "off (recorded scale)")
-                            + " (used from the next segmentation or propagation)")
+        self.auto_diameter = not off
+        self._auto, self._auto_frozen = (0, None), False
+        text = f"{diameter:g} px" if diameter else ("off (recorded scale)" if off else "automatic (measured "
+                                                    "from the first clicked cells)")
+        self.status_changed(f"cell diameter: {text} (used from the next segmentation or propagation)")
+
+    def _auto_session(self, session: SegmentationSession, view: L.StackView, data: Any, limits: Any,
+                      points: dict, boxes: dict, masks: dict) -> tuple[SegmentationSession, str]:
+        """The session to use, with the automatic Cell diameter measured from the prompts when it is
+        on and the prompted objects are new (worker thread), and a status note ("" if unchanged).
+
+        Measured while at most ``AUTO_OBJECTS`` objects are prompted, and until a propagation
+        used it; the frames are resized again only when the scale moves by more than
+        ``AUTO_TOLERANCE`` (each resize re-segments the prompted frames)."""
+        from sam2_core.diameter import has_positive
+        from sam2_core.track import preferred_diameter
+
+        pref = preferred_diameter(session.model)
+        if self.cell_diameter or not self.auto_diameter or self._auto_frozen or pref is None:
+            return session, ""
+        from napari_sam2._session import prompt_objects
+
+        n = len({int(p.object_id) for p in prompt_objects(points, boxes, masks) if has_positive(p)})
+        if n == 0:
+            self._auto = (0, self._auto[1])  # measured again from the next prompts
+            return session, ""
+        if n <= self._auto[0] or self._auto[0] >= AUTO_OBJECTS:
+            return session, ""
+        try:
+            found = session.measure_diameter(data, view, limits, points, boxes, masks)
+        except ValueError:  # nothing measurable (every mask empty): keep the scale
+            return session, ""
+        d = round(float(found.diameter), 1)
+        scale = pref / d
+        self._auto = (n, self._auto[1])
+        note = f"; cell diameter measured from {len(found.per_object)} object(s): {d:g} px"
+        if max(scale / session.scale, session.scale / scale) <= AUTO_TOLERANCE:
+            return session, note
+        try:
+            new = SegmentationSession(session.model, speed=self.speed, cell_diameter=d, stabilize=self.stabilize)
+        except ValueError:  # outside the range the frames may be resized by: keep the scale
+            return session, note + " (outside the model's range: frames kept as recorded)"
+        self._auto = (n, d)
+        self.session = new
+        return new, note + f", frames resized {new.scale:.2g}x"
 
     def measure_cell_diameter(self) -> None:
         """Measure the cells' typical diameter from the prompted objects (the median equivalent
@@ -256,7 +320,7 @@ class Controller:
         self.stabilize = on
         if self.session is not None:
             self.session = SegmentationSession(self.session.model, speed=self.speed,
-                                               cell_diameter=self.cell_diameter, stabilize=on)
+                                               cell_diameter=self.session_diameter, stabilize=on)
         self.status_changed("stage drift: " + ("removed before tracking" if on else "not corrected")
                             + " (used from the next segmentation or propagation)")
 
@@ -484,7 +548,7 @@ class Controller:
                 if progress is not None:
                     progress.close()
             try:
-                self.session = SegmentationSession(model, speed=self.speed, cell_diameter=self.cell_diameter,
+                self.session = SegmentationSession(model, speed=self.speed, cell_diameter=self.session_diameter,
                                                    stabilize=self.stabilize)
             except ValueError as e:  # a model without a preferred cell diameter
                 raise ValueError(f"Cell diameter: {e}; set it to 0 for this model") from None
@@ -529,8 +593,11 @@ class Controller:
         points, boxes, masks = self._prompts(view)
         used: list = []
 
+        notes: list[str] = []
+
         def job():
-            session = self._ensure_session()
+            session, note = self._auto_session(self._ensure_session(), view, data, limits, points, boxes, masks)
+            notes.append(note)
             used.append(session)
             if session.needs_tiles(view):  # one large image: tiles at the model's own scale
                 return [(0, *session.tiled_labels(data, view, limits, points, boxes, masks))]
@@ -551,7 +618,7 @@ class Controller:
                 self._record_provenance(labels, used[-1])
             self._restyle_points()
             hint = self._size_hint(results, used[-1]) if used else ""
-            self.status_changed((note or f"segmented {len(results)} frame(s)") + hint)
+            self.status_changed((note or f"segmented {len(results)} frame(s)") + "".join(notes) + hint)
             if then is not None:
                 self._when_idle(then)
 
@@ -564,7 +631,7 @@ class Controller:
         from sam2_core.track import preferred_diameter
 
         pref = preferred_diameter(session.model)
-        if self.cell_diameter or not pref or session.view is None or session.view.axis is None:
+        if self.session_diameter or self.auto_diameter or not pref or session.view is None:
             return ""
         for _, lab, _ in results:
             d = equivalent_diameter(np.asarray(lab) == self.object_id)
@@ -706,7 +773,8 @@ class Controller:
         session_box: list = []
 
         def gen():
-            session = self._ensure_session()
+            session, _ = self._auto_session(self._ensure_session(), view, data, limits, points, boxes, masks)
+            self._auto_frozen = True  # labels were tracked at this scale: the measured diameter is kept
             session.set_stack(data, view, contrast_limits=limits)
             session.sync_prompts(points, boxes, masks)
             session_box.append(session)

@@ -52,7 +52,8 @@ def run_demo(out: Path, *, model: str = "default", device: str | None = None, fr
     # automatic seeding: one click per bright blob of frame 0 (scale-space LoG), then tracking
     seeds = blob_points(T.to_unit_rgb(movie[0]), min_sigma=3.0, max_sigma=10.0, threshold=0.1)
     prompts = [Prompt(0, k + 1, points=[xy], labels=[1]) for k, xy in enumerate(seeds)]
-    labels = track(movie, prompts, model=net, direction="forward", min_size=10, fill_holes=16)
+    decided: dict = {}  # the bundled model measures the cells' diameter from the seeds first
+    labels = track(movie, prompts, model=net, direction="forward", min_size=10, fill_holes=16, info=decided)
     seconds = time.perf_counter() - t0
     tifffile.imwrite(out / "movie.tif", movie, imagej=True, metadata={"axes": "TYX"})
     tif = write_labels_tiff(out / "labels.tif", labels, axes="TYX")
@@ -64,6 +65,9 @@ def run_demo(out: Path, *, model: str = "default", device: str | None = None, fr
     n_obj = len(np.unique(labels[0])) - 1
     print(f"seeded {len(prompts)} blobs ({n_obj} objects kept) on frame 0 and tracked them through {len(movie)} frames in {seconds:.1f} s "
           f"({len(movie) / max(seconds, 1e-9):.1f} frames/s)")
+    if decided.get("cell_diameter_estimated"):
+        print(f"cell diameter measured from the seeds: {decided['cell_diameter']:.1f} px "
+              f"(frames resized {decided['scale']:.2f}x for the model)")
     print(f"against the true labels: detection F1 {s['f1']:.3f}, mean IoU of matched cells {s['mean_iou']:.3f}")
     print(f"labels:       {tif}")
     print(f"CTC result:   {ctc}")

@@ -144,8 +144,10 @@ class SegmentationSession:
         from sam2_core.tiled_track import uses_windows
 
         view = view or self.view
-        if view is None or view.axis is None:
+        if view is None:
             return False
+        if view.axis is None:  # a single image: windows only for a scale (else tiles, needs_tiles)
+            return self.scale != 1.0
         return self.stabilize or uses_windows(*view.frame_shape, self.model.image_size, self.scale)
 
     def tracker(self):
@@ -189,7 +191,7 @@ class SegmentationSession:
     def provenance(self) -> dict:
         """What produces the labels: the predictor's record plus the scale and windows used."""
         info = dict(self.predictor.provenance())
-        if self.view is not None and self.view.axis is not None:
+        if self.view is not None and (self.view.axis is not None or self.scale != 1.0):
             info["scale"] = self.scale
             info["windows"] = self.windowed()
             from sam2_core.stabilize import provenance
@@ -200,11 +202,12 @@ class SegmentationSession:
     # --- single large images -------------------------------------------------------------------
 
     def needs_tiles(self, view: StackView) -> bool:
-        """A single 2-D image larger than the model input: prompts are segmented in tiles at the
-        model's own scale instead of on the whole image resized to the input."""
+        """A single 2-D image larger than the model input, at the recorded scale: prompts are
+        segmented in tiles at the model's own scale instead of on the whole image resized to the
+        input (with a cell diameter's scale, in windows as stacks are: :meth:`windowed`)."""
         from sam2_core.tiling import larger_than_input
 
-        return view.axis is None and larger_than_input(self.model.image_size, *view.frame_shape)
+        return view.axis is None and self.scale == 1.0 and larger_than_input(self.model.image_size, *view.frame_shape)
 
     def tiled_labels(self, data: Any, view: StackView, contrast_limits: Any,
                      points: dict, boxes: dict | None = None, masks: dict | None = None) -> tuple[np.ndarray, list[int]]:

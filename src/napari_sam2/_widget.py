@@ -16,6 +16,10 @@ from napari_sam2.cli import CELL_DIAMETER_HELP, SPEED_HELP
 if TYPE_CHECKING:
     import napari
 
+WIDGET_DIAMETER_HELP = CELL_DIAMETER_HELP.split(". 0 or")[0] + (
+    ". auto (0): measured from the first clicked cells (up to 5) for models that store the diameter they "
+    "track best, such as the bundled one; type a diameter to fix it")
+
 OFFICIAL = (
     "sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
     "sam2_hiera_tiny", "sam2_hiera_small", "sam2_hiera_base_plus", "sam2_hiera_large",
@@ -73,7 +77,10 @@ class SAM2Widget(Container):
                                 tooltip="how many frames to track in each direction")
         self.speed = ComboBox(label="Speed", choices=SPEEDS, value="exact", tooltip=SPEED_HELP)
         self.cell_diameter = FloatSpinBox(label="Cell diameter (px)", min=0.0, max=10000.0, step=1.0, value=0.0,
-                                          tooltip=CELL_DIAMETER_HELP)
+                                          tooltip=WIDGET_DIAMETER_HELP)
+        spin = self.cell_diameter.native
+        if hasattr(spin, "setSpecialValueText"):
+            spin.setSpecialValueText("auto")  # 0: measured from the first clicked cells
         self.measure_diameter = PushButton(text="Measure cell diameter from prompts", tooltip=(
             "click a few typical cells first: their masks' median diameter becomes the Cell diameter"))
         self.stabilize = CheckBox(text="Correct stage drift", value=False, tooltip=(

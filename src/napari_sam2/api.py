@@ -31,7 +31,9 @@ def _controller(viewer, image_layer, points_layer=None, labels_layer=None, *, mo
 
     cell_diameter = as_diameter(cell_diameter)
     auto = cell_diameter == "auto"
-    if cell_diameter and not auto:
+    if cell_diameter == 0:
+        c.set_cell_diameter("off")
+    elif cell_diameter and not auto:
         c.set_cell_diameter(cell_diameter)
     if stabilize:
         c.set_stabilize(True)
@@ -74,7 +76,9 @@ def propagate(viewer, image_layer, points_layer=None, labels_layer=None, *, dire
     ``cell_diameter`` (keyword, also for :func:`segment`): the cells' typical diameter in pixels;
     frames are resized so that cells reach the size the model tracks best and tracked in windows
     of its input (frames larger than 1.25x the input always are); "auto": measured from the
-    prompted objects' masks (``sam2_core.diameter``). Default: the recorded scale.
+    prompted objects' masks (``sam2_core.diameter``); 0 or "off": the recorded scale. Default
+    (None): for a model that stores the diameter it tracks best (the bundled model), measured
+    from the first prompted objects, as the widget does; else the recorded scale.
     ``stabilize`` (keyword): remove stage drift (the whole field's translation) before tracking;
     labels stay in each frame's pixels (``sam2_core.stabilize``).
     """

@@ -49,7 +49,7 @@ SPEED_HELP = ("exact: Meta's computation, every object attends over the whole im
 
 CELL_DIAMETER_HELP = ("the cells' (nuclei's) typical diameter in pixels: frames are resized so that cells reach "
                       "the diameter the model tracks best (stored with its weights) and tracked in windows of "
-                      "the model's input; masks come back at the movie's own size. 0: the recorded scale "
+                      "the model's input; masks come back at the movie's own size. 0 or 'off': the recorded scale "
                       "(frames larger than 1.25x the input are still tracked in windows)")
 
 
@@ -178,10 +178,13 @@ def _cmd_track(args: argparse.Namespace) -> int:
                                progress=progress, scale=args.scale, cell_diameter=args.cell_diameter,
                                windows=False if args.no_windows else None, stabilize=drift, info=decided)
         else:
+            diameter = args.cell_diameter
+            if diameter is None and args.scale is None and args.embedding_cache:
+                diameter = 0.0  # the scale embed cached at by default (give both the same value otherwise)
             labels = track(source, prompts, model=predictor, direction=args.direction, max_frames=args.max_frames,
                            fill_holes=args.fill_holes, min_size=args.min_size,
                            embedding_cache=args.embedding_cache, progress=progress, scale=args.scale,
-                           cell_diameter=args.cell_diameter, windows=False if args.no_windows else None,
+                           cell_diameter=diameter, windows=False if args.no_windows else None,
                            stabilize=drift, info=decided)
     finally:
         bar.close()
@@ -469,8 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize the frames by this factor before tracking (e.g. 2 for nuclei half the size "
                         "the model knows); masks are written at the movie's own size")
     t.add_argument("--cell-diameter", type=_diameter_arg, default=None,
-                   help=CELL_DIAMETER_HELP.replace("0: the", "default: the") + "; 'auto': measured from the prompts' "
-                   "masks (or the seeds' with --auto) and printed")
+                   help=CELL_DIAMETER_HELP + "; 'auto': measured from the prompts' masks (or the seeds' with "
+                   "--auto) and printed. Default: 'auto' when the model stores the diameter it tracks best (the "
+                   "bundled model does) and neither --scale nor --embedding-cache is given, else the recorded scale")
     t.add_argument("--no-windows", action="store_true",
                    help="resize whole frames to the model input (Meta's way) instead of tracking frames "
                         "larger than 1.25x the input in windows at their own scale")
@@ -508,7 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default=None)
     e.add_argument("--channels", type=int, nargs="+", default=None)
     e.add_argument("--scale", type=float, default=None, help="as for track: give track the same value")
-    e.add_argument("--cell-diameter", type=float, default=None, help="as for track: give track the same value")
+    e.add_argument("--cell-diameter", type=float, default=None,
+                   help="as for track: give track the same value (track then uses these embeddings; without "
+                        "--scale or --cell-diameter both use the recorded scale)")
     e.add_argument("--no-windows", action="store_true", help="as for track: give track the same option")
     e.add_argument("--stabilize", action="store_true", help="as for track: give track the same option")
     e.set_defaults(func=_cmd_embed)

@@ -49,7 +49,8 @@ class DiameterEstimate:
     scales: list[float] = field(default_factory=list)
 
 
-def _positive(p: Any) -> bool:
+def has_positive(p: Any) -> bool:
+    """Whether a prompt shows its object: a positive click, a box or a mask."""
     return p.mask is not None or p.box is not None or (
         p.points is not None and bool((np.asarray(p.labels) > 0).any()))
 
@@ -63,7 +64,7 @@ def _first_prompts(prompts: Sequence[Any], max_objects: int) -> dict[int, list]:
     first = {}
     for obj, frames in sorted(by_obj.items()):
         group = frames[min(frames)]
-        if any(_positive(p) for p in group):
+        if any(has_positive(p) for p in group):
             first[obj] = group
     if len(first) > max_objects:
         keep = np.unique(np.linspace(0, len(first) - 1, max_objects).round().astype(int))

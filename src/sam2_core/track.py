@@ -252,6 +252,10 @@ def track(
         cell_diameter: the cells' typical diameter in recorded pixels; sets ``scale`` so that
             they reach the diameter the model tracks best (:func:`preferred_diameter`). "auto":
             measured from the prompts' masks (:func:`sam2_core.diameter.estimate_cell_diameter`).
+            None (default): "auto" when the model stores its preferred diameter (the bundled
+            model does) and neither ``scale`` nor ``windows=False`` is given, falling back to
+            the recorded scale if nothing can be measured; otherwise the recorded scale. 0 or
+            "off": the recorded scale.
         windows: track in windows of the model's input at the (scaled) pixel scale
             (:class:`sam2_core.tiled_track.TiledTracker`). None (default): when the scaled frame
             is larger than 1.25x the input, or a scale other than 1 is asked for; False: resize
@@ -270,7 +274,9 @@ def track(
     predictor = _as_predictor(model, device, speed)
     prompts = as_prompts(prompts)
     cell_diameter = as_diameter(cell_diameter)
-    auto = cell_diameter == "auto"
+    by_default = (cell_diameter is None and scale is None and windows is not False
+                  and default_auto(predictor.model, prompts))
+    auto = by_default or cell_diameter == "auto"
     factor = 1.0 if auto else resolve_scale(predictor.model, scale, cell_diameter)
     source = frames if isinstance(frames, FrameSource) else FrameSource(
         frames, contrast_limits=contrast_limits, channels=channels, channel_axis=channel_axis)
@@ -279,10 +285,16 @@ def track(
 
         if scale is not None:
             raise ValueError("give scale or cell_diameter, not both")
-        found = estimate_cell_diameter(predictor, source, prompts)
-        log.info("cell diameter estimated from %d prompted objects: %.1f px", len(found.per_object), found.diameter)
-        cell_diameter = found.diameter
-        factor = resolve_scale(predictor.model, None, cell_diameter)
+        try:
+            found = estimate_cell_diameter(predictor, source, prompts)
+            cell_diameter = found.diameter
+            factor = resolve_scale(predictor.model, None, cell_diameter)
+            log.info("cell diameter estimated from %d prompted objects: %.1f px", len(found.per_object), cell_diameter)
+        except ValueError as e:
+            if not by_default:
+                raise
+            log.warning("cell diameter not measured (%s); tracking at the recorded scale", e)
+            auto, cell_diameter, factor = False, None, 1.0
     if info is not None:
         info.update(scale=factor, cell_diameter=cell_diameter, cell_diameter_estimated=auto)
     recorded_hw, canvas = (source.height, source.width), None
@@ -333,13 +345,24 @@ def preferred_diameter(model: Any) -> float | None:
     return float(value) if value else None
 
 
+def default_auto(model: Any, prompts: Sequence[Any]) -> bool:
+    """Whether ``cell_diameter=None`` means "auto": the model stores its preferred diameter and a
+    prompt has something to measure (a positive click, a box or a mask)."""
+    from sam2_core.diameter import has_positive
+
+    return preferred_diameter(model) is not None and any(has_positive(p) for p in prompts)
+
+
 def as_diameter(value: Any) -> float | str | None:
     """A ``cell_diameter`` value as given by a caller, a command line or a manifest: None, "auto"
-    (any case), or a number of pixels (range checked by :func:`resolve_scale`)."""
+    (any case), "off" / "none" (= 0: the recorded scale), or a number of pixels (range checked by
+    :func:`resolve_scale`)."""
     if value is None:
         return None
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
+    if isinstance(value, str) and value.strip().lower() in ("off", "none"):
+        return 0.0
     try:
         return float(value)
     except (TypeError, ValueError):
@@ -347,7 +370,9 @@ def as_diameter(value: Any) -> float | str | None:
 
 
 def resolve_scale(model: Any, scale: float | None, cell_diameter: float | None) -> float:
-    """The frame scale from ``scale`` or ``cell_diameter`` (default 1)."""
+    """The frame scale from ``scale`` or ``cell_diameter`` (default 1; a diameter of 0: off)."""
+    if cell_diameter == 0:
+        cell_diameter = None
     if scale is not None and cell_diameter is not None:
         raise ValueError("give scale or cell_diameter, not both")
     if cell_diameter is not None:
@@ -439,7 +464,7 @@ def track_4d(
     out[t0] = track(stack[t0], z_prompts, model=predictor, direction="both", fill_holes=fill_holes,
                     min_size=min_size, contrast_limits=contrast_limits, scale=scale, cell_diameter=cell_diameter,
                     info=decided)
-    resized = dict(scale=decided["scale"]) if decided["scale"] != 1.0 else {}  # the same scale through time
+    resized = dict(scale=decided["scale"])  # the same scale through time (not measured again)
     done = 0
     for z in range(n_z):
         ids = [int(i) for i in np.unique(out[t0, z]) if i]

@@ -72,6 +72,12 @@ class Metrics:
     # with ``cell_diameter="auto"``: median of each movie's estimated diameter / its true one
     # (the simulator's mean radius, doubled)
     diameter_ratio: float = float("nan")
+    # with ``cell_diameter``: median IoU of every single click (the ``single_click_iou`` clicks)
+    # segmented in windows at the diameter's scale; with "auto", the diameter measured from the
+    # frame's first ``AUTO_CLICKS`` clicked cells, as the widget measures it
+    click_iou_scaled: float = float("nan")
+    click_iou_scaled_lo: float = float("nan")
+    click_iou_scaled_hi: float = float("nan")
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -228,6 +234,7 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
     clicks, clicks3, tracked, absent, divided = [], [], [], [], []
     click_groups, tracked_groups = [], []  # per movie, for the intervals
     clicked_frame = []  # IoU on frame 0 of the tracked cells (reported with cell_diameter)
+    scaled_groups: list[list[float]] = []  # per movie, every click in windows at the diameter
     ratios = []  # estimated / true diameter (cell_diameter="auto")
     auto = cell_diameter == "auto"
     if isinstance(cell_diameter, str) and not auto:
@@ -238,9 +245,11 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         rng = np.random.default_rng(seed + i)
         image_pred.set_image(sim.movie[0])
         n_before = len(clicks)
+        shown: list[tuple[int, np.ndarray]] = []
         for cid in _objects(sim, 0, 4 * max_objects, rng):
             truth = sim.labels[0] == cid
             pt = P.click_inside(truth, rng, central=True)
+            shown.append((cid, pt))
             masks, scores, _ = image_pred.predict(point_coords=pt, point_labels=[1])
             clicks.append(_iou(masks[int(np.argmax(scores))], truth))
             if model.config.multimask_output_in_sam:  # the default was already the best of three
@@ -249,6 +258,8 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
                 masks, scores, _ = image_pred.predict(point_coords=pt, point_labels=[1], multimask_output=True)
                 clicks3.append(_iou(masks[int(np.argmax(scores))], truth))
         click_groups.append(clicks[n_before:])
+        if cell_diameter and shown:
+            scaled_groups.append(_clicks_scaled(video_pred, sim, shown, preferred, auto))
         objs = _objects(sim, 0, max_objects, rng)
         if not objs:
             continue
@@ -292,7 +303,9 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
                    seconds / max(frames_done, 1), med(clicks3), med(vol_ious), mean(vol_absent), len(vol_ious),
                    float(preferred) if cell_diameter else float("nan"),
                    *median_interval(click_groups), *median_interval(tracked_groups),
-                   med(clicked_frame) if cell_diameter else float("nan"), med(ratios))
+                   med(clicked_frame) if cell_diameter else float("nan"), med(ratios),
+                   med(sum(scaled_groups, [])),
+                   *(median_interval(scaled_groups) if scaled_groups else (float("nan"),) * 2))
 
 
 def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], preferred: float | None,
@@ -326,6 +339,30 @@ def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], 
             yield f, [r.obj_id for r in results], [r.full_mask(tracker.hw) for r in results]
     finally:
         tracker.close()
+
+
+#: the widget measures its automatic Cell diameter from this many clicked cells (napari_sam2)
+AUTO_CLICKS = 5
+
+
+def _clicks_scaled(video_pred, sim: SimulatedMovie, clicks: list[tuple[int, np.ndarray]], preferred: float,
+                   auto: bool) -> list[float]:
+    """IoU of each (cell id, click) on frame 0 segmented alone in windows at the scale of the
+    movie's true diameter or (``auto``) the one measured from the first ``AUTO_CLICKS`` clicks."""
+    from sam2_core.diameter import estimate_cell_diameter
+    from sam2_core.tiled_track import TiledTracker
+    from sam2_core.track import MAX_SCALE
+
+    prompts = [dict(frame=0, object_id=cid, points=pt, labels=[1]) for cid, pt in clicks]
+    first = sim.movie[:1]
+    lo, hi = sim.params["radius"]
+    diameter = estimate_cell_diameter(video_pred, first, prompts[:AUTO_CLICKS]).diameter if auto else lo + hi
+    tracker = TiledTracker(video_pred, first, scale=float(np.clip(preferred / diameter, 1 / MAX_SCALE, MAX_SCALE)))
+    try:
+        masks = {r.obj_id: r.full_mask(tracker.hw) for r in tracker.preview(0, prompts)}
+    finally:
+        tracker.close()
+    return [_iou(masks.get(cid, np.zeros(tracker.hw, bool)), sim.labels[0] == cid) for cid, _ in clicks]
 
 
 CALIBRATION_SEED = 30_000  # calibration images: neither training (1_000_001+) nor held-out (10_000+)
