@@ -13,12 +13,14 @@ of stardist is imported or installed, and the image is not part of this reposito
 Printed, for the model:
 - single-click IoU (median over every nucleus, a click at its most interior pixel, the mask the
   predictor gives one click by default: the model's choice, ``SAM2Config.multimask_output_in_sam``),
-  in native tiles (what the widget does on an image this size) and with the whole image resized
-  to the model input; and in tiles the best-scored of three candidate masks whatever the config;
+  in native tiles (the widget with the cell diameter off) and with the whole image resized to the
+  model input; in tiles the best-scored of three candidate masks whatever the config; and in
+  windows with the cell diameter measured from the first 5 clicks (the widget's default);
 - the same clicks on a 16-bit copy with a camera offset (x 40 + 3000): microscopy normalisation
   is affine-invariant, so the figures must not move;
 - automatic segmentation (blob seeding, native tiles): detection F1 and mean IoU of matches
-  at IoU > 0.5;
+  at IoU > 0.5, at the recorded scale and with the diameter measured (``generate_labels``'
+  default);
 - propagation over a pseudo time-lapse: the real image drifting by a random walk (about 1.5 px
   per frame) with Poisson noise drawn anew on every frame, N nuclei clicked on frame 0 and
   tracked; median per-object IoU over the frames. Real appearance, simulated motion. Resized
@@ -226,11 +228,38 @@ def main() -> None:
     print(f"single-click IoU, median: native tiles {med(tiled):.3f} (IoU > 0.5: {np.mean(np.array(tiled) > 0.5):.0%}), "
           f"whole image resized {med(whole):.3f}; 16-bit x40 + 3000, tiles {med(tiled16):.3f}; "
           f"best-scored of three, tiles {med(three):.3f}")
-    t0 = time.perf_counter()
-    auto, _ = SAM2AutomaticMaskGenerator(model).generate_labels(image)
-    s = match_score(auto[None], labels[None])
-    print(f"automatic (blobs, native tiles): F1 {s['f1']:.3f}, mean IoU {s['mean_iou']:.3f} "
-          f"(tp {s['tp']}, fp {s['fp']}, fn {s['fn']}), {time.perf_counter() - t0:.1f} s")
+    from sam2_core.track import preferred_diameter
+
+    if preferred_diameter(model):  # the widget's default: the diameter measured from the first 5 clicks
+        from sam2_core.predictor.video import SAM2VideoPredictor
+        from sam2_core.train import prompts as P
+        from sam2_core.train.evaluate import _iou, clicks_at_diameter
+
+        rng = np.random.default_rng(0)  # the same clicks as click_ious
+        ids = [i for i in np.unique(labels) if i]
+        points = [P.click_inside(labels == i, rng, central=True) for i in ids]
+        masks, d = clicks_at_diameter(SAM2VideoPredictor(model), image, points)
+        if masks is None:
+            print(f"  the cell diameter measured from the first 5 clicks ({d:.1f} px; the widget's default) "
+                  "keeps the recorded scale: the native tiles' figure")
+        else:
+            scaled = [_iou(m, labels == i) for m, i in zip(masks, ids)]
+            print(f"  with the cell diameter measured from the first 5 clicks ({d:.1f} px; the widget's default): "
+                  f"{med(scaled):.3f} (IoU > 0.5: {np.mean(np.array(scaled) > 0.5):.0%})")
+        masks, _ = clicks_at_diameter(SAM2VideoPredictor(model), image, points, d)  # given: always scaled
+        scaled = [_iou(m, labels == i) for m, i in zip(masks, ids)]
+        print(f"  in windows at that diameter's scale all the same: {med(scaled):.3f} "
+              f"(IoU > 0.5: {np.mean(np.array(scaled) > 0.5):.0%})")
+    for size, what in ((0.0, "native tiles, recorded scale"), (None, "the default: diameter measured")):
+        t0 = time.perf_counter()
+        decided: dict = {}
+        auto, _ = SAM2AutomaticMaskGenerator(model).generate_labels(image, cell_diameter=size, info=decided)
+        s = match_score(auto[None], labels[None])
+        d = decided.get("cell_diameter")
+        size_text = f", {d:.1f} px, scale {decided['scale']:.2f}" if d else ""
+        print(f"automatic (blobs, {what}{size_text}): "
+              f"F1 {s['f1']:.3f}, mean IoU {s['mean_iou']:.3f} (tp {s['tp']}, fp {s['fp']}, fn {s['fn']}), "
+              f"{time.perf_counter() - t0:.1f} s")
     movie, mlabels = drifting_movie(image, labels, args.frames)
     ious, sec = track_ious(model, movie, mlabels, args.objects)
     print(f"pseudo time-lapse ({args.frames} frames, {len(ious)} nuclei), frames resized whole to the input: "
@@ -241,8 +270,6 @@ def main() -> None:
     ious, sec = track_ious(model, movie, mlabels, args.objects, stabilize=True)
     print(f"  the same with the stage drift removed (track(stabilize=True)): median {med(ious):.3f} "
           f"(min {min(ious):.3f}), {sec:.2f} s/frame")
-    from sam2_core.track import preferred_diameter
-
     if preferred_diameter(model):
         areas = np.bincount(labels.ravel())[1:]
         diameter = float(np.median(2 * np.sqrt(areas[areas > 0] / np.pi)))  # what a user would measure

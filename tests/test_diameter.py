@@ -213,6 +213,27 @@ def test_evaluate_with_estimated_diameter(bundled):
         evaluate(bundled.model, cell_diameter="yes", **kw)
 
 
+def test_clicks_at_diameter_follows_the_widget(bundled, small_nuclei, monkeypatch):
+    """evaluate's clicks at the diameter: measured from the first 5 clicks; a measured scale within
+    AUTO_TOLERANCE of 1 keeps the recorded scale (masks None), a given diameter always scales."""
+    import sam2_core.diameter as D
+    from sam2_core.track import preferred_diameter
+    from sam2_core.train.evaluate import clicks_at_diameter
+
+    sim, prompts, truth = small_nuclei
+    points = [p.points for p in prompts]
+    masks, d = clicks_at_diameter(bundled, sim.movie[0], points)
+    assert len(masks) == len(points) and d == pytest.approx(truth, rel=0.2)
+    ious = [(m & (sim.labels[0] == sim.labels[0][int(p[0, 1]), int(p[0, 0])])).sum() / max(m.sum(), 1)
+            for m, p in zip(masks, points)]
+    assert np.median(ious) > 0.7  # each mask lies on the clicked nucleus
+    pref = preferred_diameter(bundled.model)
+    near = D.DiameterEstimate(pref * 1.1)
+    monkeypatch.setattr(D, "estimate_cell_diameter", lambda *a, **k: near)
+    assert clicks_at_diameter(bundled, sim.movie[0], points) == (None, pytest.approx(pref * 1.1))
+    assert len(clicks_at_diameter(bundled, sim.movie[0], points[:2], pref * 1.1)[0]) == 2
+
+
 def test_track_4d_takes_the_diameter_too(bundled, small_nuclei):
     from sam2_core.track import track_4d
 

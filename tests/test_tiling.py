@@ -169,13 +169,14 @@ def test_bundled_model_segments_images_larger_than_its_input(bundled):
     sim = simulate_cells(1, (512, 512), seed=10_007, n_cells=160)
     gen = SAM2AutomaticMaskGenerator(bundled, seeding="blobs")
     calls = []
-    labels, records = gen.generate_labels(sim.movie[0], progress=lambda d, t: calls.append((d, t)))
+    labels, records = gen.generate_labels(sim.movie[0], progress=lambda d, t: calls.append((d, t)), cell_diameter=0)
     assert calls[-1] == (9, 9) and len(calls) == 9
     score = match_score(labels[None], sim.labels[:1])
     assert score["f1"] >= 0.9, score
     assert len(records) == labels.max() and records[0]["id"] == 1
     assert {"area", "bbox", "predicted_iou", "stability_score", "point_coords", "tile"} <= set(records[0])
-    whole = SAM2AutomaticMaskGenerator(bundled, seeding="blobs", tile_size=None).generate_labels(sim.movie[0])[0]
+    whole = SAM2AutomaticMaskGenerator(bundled, seeding="blobs", tile_size=None).generate_labels(
+        sim.movie[0], cell_diameter="off")[0]
     # resized whole, the nuclei shrink below the scale the model was trained at: clearly worse
     # (F1 0.67 against 0.95 with the third bundled model, 0.14 against 0.96 with the second)
     assert match_score(whole[None], sim.labels[:1])["f1"] < score["f1"] - 0.15
@@ -194,3 +195,39 @@ def test_bundled_model_segments_images_larger_than_its_input(bundled):
 
     assert len(recs) >= len(records)
     assert (records_to_labels(recs, (512, 512)) > 0).sum() == (labels > 0).sum()
+
+
+def test_automatic_segmentation_at_the_measured_cell_diameter(bundled):
+    """Nuclei about 10 px across (the bundled model segments 28 px best): by default the objects
+    found at the recorded scale give the diameter and the image is segmented again at the scale it
+    implies; labels and records come back in the image's pixels, ids 1..N, and progress counts on
+    over both passes. Measured on 24 held-out images (seeds 10,000+, 256 px): mean F1 0.851 at the
+    recorded scale, 0.939 with the measured diameter."""
+    from scipy import ndimage as ndi
+
+    from sam2_core.automatic import SAM2AutomaticMaskGenerator
+    from sam2_core.train.evaluate import match_score
+
+    sim = simulate_cells(1, (256, 256), seed=30_006)  # radius 4.2-6.4 px (a calibration image)
+    gen = SAM2AutomaticMaskGenerator(bundled, seeding="blobs")
+    info_off: dict = {}
+    native, _ = gen.generate_labels(sim.movie[0], cell_diameter=0, info=info_off)
+    calls, info = [], {}
+    labels, records = gen.generate_labels(sim.movie[0], progress=lambda d, t: calls.append((d, t)), info=info)
+    assert info_off == {"scale": 1.0, "cell_diameter": None}
+    assert 7 < info["cell_diameter"] < 13 and info["scale"] > 2
+    f1_native = match_score(native[None], sim.labels[:1])["f1"]
+    f1 = match_score(labels[None], sim.labels[:1])["f1"]
+    assert f1 > f1_native + 0.1 and f1 > 0.85, (f1_native, f1)
+    assert labels.shape == (256, 256) and len(records) == labels.max() and set(np.unique(labels)) == set(range(len(records) + 1))
+    boxes = ndi.find_objects(labels)
+    for r in records:
+        ys, xs = boxes[r["id"] - 1]
+        assert r["bbox"] == [xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start]
+        assert r["area"] == int((labels == r["id"]).sum())
+        px, py = r["point_coords"][0]
+        assert 0 <= px < 256 and 0 <= py < 256
+    assert [t for _, t in calls] == sorted(t for _, t in calls) and calls[0][1] < calls[-1][1]
+    assert all(d <= t for d, t in calls) and calls[-1][0] == calls[-1][1]
+    given, _ = gen.generate_labels(sim.movie[0], cell_diameter=info["cell_diameter"])
+    assert np.array_equal(given, labels)  # the measured value, given, does the same

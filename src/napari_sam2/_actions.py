@@ -69,10 +69,6 @@ class _thread_progress:
 
 #: objects below this share of the model's preferred diameter get a Cell diameter hint
 SMALL_CELL = 0.6
-#: with no Cell diameter set, it is measured from the prompted objects until this many are prompted
-AUTO_OBJECTS = 5
-#: ... and the frames are resized again only when the measured scale moves by more than this factor
-AUTO_TOLERANCE = 1.15
 
 
 class Controller:
@@ -250,7 +246,7 @@ class Controller:
         Measured while at most ``AUTO_OBJECTS`` objects are prompted, and until a propagation
         used it; the frames are resized again only when the scale moves by more than
         ``AUTO_TOLERANCE`` (each resize re-segments the prompted frames)."""
-        from sam2_core.diameter import has_positive
+        from sam2_core.diameter import AUTO_OBJECTS, AUTO_TOLERANCE, has_positive
         from sam2_core.track import preferred_diameter
 
         pref = preferred_diameter(session.model)
@@ -659,7 +655,11 @@ class Controller:
                 # than the model input are seeded in tiles at the model's own scale
                 gen = SAM2AutomaticMaskGenerator(session.model, seeding="blobs")
                 try:
-                    labels, _ = gen.generate_labels(image, contrast_limits=limits, progress=progress)
+                    # at the Cell diameter's scale: the user's, the one measured from the clicks,
+                    # else measured from the objects found at the recorded scale ("off": as recorded)
+                    size = self.session_diameter or (None if self.auto_diameter else 0.0)
+                    labels, _ = gen.generate_labels(image, contrast_limits=limits, progress=progress,
+                                                    cell_diameter=size)
                 finally:
                     if progress is not None:
                         progress.close()

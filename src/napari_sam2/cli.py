@@ -213,8 +213,9 @@ def os_access_w(folder: Path) -> bool:
     return os.access(folder, os.W_OK)
 
 
-def _segment_auto(gen, image, name: str):
-    """Automatic segmentation of one image, with a progress bar when it is cut into tiles."""
+def _segment_auto(gen, image, name: str, cell_diameter=None):
+    """Automatic segmentation of one image, with a progress bar when it is cut into tiles; at the
+    cell diameter's scale (``generate_labels``; measured by default, printed when it resizes)."""
     from tqdm import tqdm
 
     tiles = gen.tiling(*image.shape[:2])
@@ -226,7 +227,12 @@ def _segment_auto(gen, image, name: str):
             bar.total = total
             bar.update(done - bar.n)
 
-        labels, _ = gen.generate_labels(image, progress=progress)
+        decided: dict = {}
+        labels, _ = gen.generate_labels(image, progress=progress, cell_diameter=cell_diameter, info=decided)
+    if decided.get("scale", 1.0) != 1.0:
+        print(f"{name}: cell diameter {decided['cell_diameter']:.1f} px"
+              f"{' (measured)' if cell_diameter in (None, 'auto') else ''}: segmented with the image resized "
+              f"{decided['scale']:.2f}x", file=sys.stderr)
     return labels
 
 
@@ -268,7 +274,10 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     for path in files:
         image = _read_image(path)
         if gen is not None:
-            labels = _segment_auto(gen, image, path.name)
+            size = args.cell_diameter
+            if size is None and args.tile == 0:  # Meta's way asked for: the image as it is
+                size = 0.0
+            labels = _segment_auto(gen, image, path.name, size)
         else:
             pred.set_image(image)
             labels = np.zeros(image.shape[:2], np.uint16)
@@ -499,6 +508,12 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--tile", type=_tile_arg, default="auto",
                     help="'auto' (default): images larger than the model input are cut into tiles the model "
                          "sees at its own scale; N: tiles of N px; 0: never (the image is resized to the input)")
+    sg.add_argument("--cell-diameter", type=_diameter_arg, default=None,
+                    help="automatic mode: the cells' typical diameter in pixels; the image is resized so that "
+                         "cells reach the diameter the model segments best. Default ('auto'): for a model that "
+                         "stores it (the bundled one), measured from the objects found at the recorded scale, "
+                         "and the image segmented again at that scale when it is more than 15 %% from 1; "
+                         "0 or 'off': the recorded scale")
     sg.add_argument("--halo", type=int, default=None,
                     help="tile overlap in px, wider than half a cell (default: 1/8 of the tile, at least 16)")
     sg.add_argument("--model", default="default")

@@ -221,12 +221,94 @@ class SAM2AutomaticMaskGenerator:
         return sorted(out, key=lambda r: -r["area"])
 
     def generate_labels(self, image: np.ndarray, *, contrast_limits: Any = None, channels: Any = None,
-                        progress: Any = None) -> tuple[np.ndarray, list[dict]]:
+                        progress: Any = None, cell_diameter: float | str | None = None,
+                        scale: float | None = None, info: dict | None = None) -> tuple[np.ndarray, list[dict]]:
         """One instance labels image (H, W) with ids 1..N (smaller objects on top) and records
         without masks (id, area, bbox, predicted_iou, stability_score, point_coords, tile).
 
         Memory is bounded by a tile, not by the number of objects: the way to segment stage
-        scans. ``progress(done, total)`` is called per tile."""
+        scans. ``progress(done, total)`` is called per tile (a second pass at a measured scale
+        counts on from the first pass's tiles).
+
+        ``cell_diameter`` / ``scale`` as in :func:`sam2_core.track.track`: the image is resized
+        (after normalisation) so that cells of that diameter reach the one the model segments
+        best, segmented, and the labels brought back to the image's pixels. None (default):
+        for a model that stores its preferred diameter, the image is segmented as it is, the
+        found objects' median equivalent diameter measured, and the image segmented again at the
+        scale that implies when it is more than ``AUTO_TOLERANCE`` from 1 ("auto" the same);
+        0 / "off": as it is. ``info`` receives ``scale`` and ``cell_diameter`` (measured or
+        given; None without)."""
+        from sam2_core.diameter import AUTO_TOLERANCE, equivalent_diameter
+        from sam2_core.track import MAX_SCALE, as_diameter, preferred_diameter, resolve_scale
+
+        cell_diameter = as_diameter(cell_diameter)
+        pref = preferred_diameter(self.predictor.model)
+        measure = scale is None and cell_diameter in (None, "auto") and pref is not None
+        if cell_diameter == "auto" and pref is None:
+            raise ValueError("this model stores no preferred cell diameter (recommended['cell_diameter']): give "
+                             "scale= instead, or cell_diameter=0")
+        factor = 1.0 if measure or cell_diameter is None else resolve_scale(self.predictor.model, scale, cell_diameter)
+        if info is not None:
+            info.update(scale=factor, cell_diameter=cell_diameter or None)
+        if factor != 1.0:
+            return self._labels_at_scale(image, factor, contrast_limits, channels, progress)
+        first: list[int] = [0]  # tiles of the first pass: a second pass counts on from there
+
+        def counted(done: int, total: int) -> None:
+            first[0] = total
+            progress(done, total)
+
+        labels, records = self._labels(image, contrast_limits, channels, counted if progress else None)
+        found = [equivalent_diameter(labels == r["id"]) for r in records]
+        found = [d for d in found if d > 0]
+        if not measure or not found:
+            return labels, records
+        d = float(np.median(found))
+        factor = float(np.clip(pref / d, 1 / MAX_SCALE, MAX_SCALE))
+        if info is not None:
+            info.update(cell_diameter=d, scale=1.0 if max(factor, 1 / factor) <= AUTO_TOLERANCE else factor)
+        if max(factor, 1 / factor) <= AUTO_TOLERANCE:
+            return labels, records
+        again = (lambda done, total: progress(first[0] + done, first[0] + total)) if progress else None
+        return self._labels_at_scale(image, factor, contrast_limits, channels, again)
+
+    def _labels_at_scale(self, image: np.ndarray, factor: float, contrast_limits: Any, channels: Any,
+                         progress: Any) -> tuple[np.ndarray, list[dict]]:
+        """:meth:`generate_labels` of the normalised image resized by ``factor``, labels and
+        records brought back to the image's pixels (objects lost in the resizing are dropped)."""
+        from scipy import ndimage as ndi
+        from skimage.transform import resize
+
+        unit = T.to_unit_rgb(np.asarray(image), contrast_limits, channels)
+        h, w = unit.shape[:2]
+        big = resize(unit, (max(1, round(h * factor)), max(1, round(w * factor)), unit.shape[2]), order=1,
+                     anti_aliasing=factor < 1, preserve_range=True).astype(np.float32)
+        labels, records = self._labels(big, (0.0, 1.0), None, progress)
+        labels = resize(labels, (h, w), order=0, anti_aliasing=False, preserve_range=True).astype(labels.dtype)
+        boxes = ndi.find_objects(labels)
+        areas = np.bincount(labels.ravel(), minlength=len(boxes) + 1)
+        sy, sx = h / big.shape[0], w / big.shape[1]
+        out = []
+        for r in records:
+            i = int(r["id"])
+            if i > len(boxes) or boxes[i - 1] is None:
+                continue
+            ys, xs = boxes[i - 1]
+            r = dict(r, area=int(areas[i]), bbox=[xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start],
+                     point_coords=[[x * sx, y * sy] for x, y in r["point_coords"]])
+            if r.get("tile") is not None:
+                r["tile"] = [int(round(v / factor)) for v in r["tile"]]
+            out.append(r)
+        if len(out) < len(records):  # ids 1..N again
+            lut = np.zeros(int(labels.max()) + 1, labels.dtype)
+            lut[[r["id"] for r in out]] = np.arange(1, len(out) + 1)
+            labels = lut[labels]
+            out = [dict(r, id=k) for k, r in enumerate(out, start=1)]
+        return labels, out
+
+    def _labels(self, image: np.ndarray, contrast_limits: Any, channels: Any,
+                progress: Any) -> tuple[np.ndarray, list[dict]]:
+        """:meth:`generate_labels` at the image's own scale."""
         from sam2_core.tiling import Tile, placed, segment_tiled, stitch
 
         image = np.asarray(image)
@@ -364,7 +446,10 @@ def track_all(frames: Any, seed_frame: int = 0, *, model: Any = "default", gener
               direction: str = "both", max_frames: int | None = None, **track_kwargs: Any) -> np.ndarray:
     """Seed every object on one frame automatically, then track them all through the stack.
 
-    Returns the (T, Y, X) labels; correct them afterwards with clicks.
+    The seeds are found at the cell diameter's scale when one is given or measured (``scale`` /
+    ``cell_diameter`` of ``track_kwargs``: :meth:`SAM2AutomaticMaskGenerator.generate_labels`),
+    then tracked by :func:`sam2_core.track.track`. Returns the (T, Y, X) labels; correct them
+    afterwards with clicks.
     """
     from sam2_core.io.frames import FrameSource
     from sam2_core.track import Prompt, _as_predictor, track
@@ -374,7 +459,10 @@ def track_all(frames: Any, seed_frame: int = 0, *, model: Any = "default", gener
         frames, contrast_limits=track_kwargs.pop("contrast_limits", None), channels=track_kwargs.pop("channels", None))
     gen = SAM2AutomaticMaskGenerator(predictor.model, **(generator_kwargs or {"seeding": "blobs"}))
     unit = source.unit_rgb(seed_frame)
-    labels, _ = gen.generate_labels(unit.astype(np.float32), contrast_limits=(0.0, 1.0))
+    size = dict(cell_diameter=track_kwargs.get("cell_diameter"), scale=track_kwargs.get("scale"))
+    if track_kwargs.get("windows") is False and size["cell_diameter"] is None and size["scale"] is None:
+        size["cell_diameter"] = 0.0  # as track: no diameter measured when frames are resized whole
+    labels, _ = gen.generate_labels(unit.astype(np.float32), contrast_limits=(0.0, 1.0), **size)
     prompts = [Prompt(seed_frame, int(i), mask=labels == i) for i in np.unique(labels) if i]
     if not prompts:
         raise ValueError(f"no objects found on frame {seed_frame}; try seeding='grid' or lower thresholds")

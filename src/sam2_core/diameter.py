@@ -28,6 +28,12 @@ from typing import Any
 import numpy as np
 
 
+#: the widget measures its automatic cell diameter from the first this many prompted objects
+AUTO_OBJECTS = 5
+#: ... and resizes the frames only when the measured scale is more than this factor from the current one
+AUTO_TOLERANCE = 1.15
+
+
 def equivalent_diameter(mask: np.ndarray) -> float:
     """2 sqrt(area / pi) of a boolean mask, in its pixels (0 for an empty mask)."""
     return 2.0 * math.sqrt(float(np.count_nonzero(mask)) / math.pi)

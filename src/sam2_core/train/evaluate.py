@@ -74,7 +74,7 @@ class Metrics:
     diameter_ratio: float = float("nan")
     # with ``cell_diameter``: median IoU of every single click (the ``single_click_iou`` clicks)
     # segmented in windows at the diameter's scale; with "auto", the diameter measured from the
-    # frame's first ``AUTO_CLICKS`` clicked cells, as the widget measures it
+    # frame's first clicked cells as the widget measures it (:func:`clicks_at_diameter`)
     click_iou_scaled: float = float("nan")
     click_iou_scaled_lo: float = float("nan")
     click_iou_scaled_hi: float = float("nan")
@@ -259,7 +259,10 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
                 clicks3.append(_iou(masks[int(np.argmax(scores))], truth))
         click_groups.append(clicks[n_before:])
         if cell_diameter and shown:
-            scaled_groups.append(_clicks_scaled(video_pred, sim, shown, preferred, auto))
+            lo, hi = sim.params["radius"]
+            masks, _ = clicks_at_diameter(video_pred, sim.movie[0], [pt for _, pt in shown], None if auto else lo + hi)
+            scaled_groups.append(clicks[n_before:] if masks is None else  # the recorded scale kept
+                                 [_iou(m, sim.labels[0] == cid) for m, (cid, _) in zip(masks, shown)])
         objs = _objects(sim, 0, max_objects, rng)
         if not objs:
             continue
@@ -341,28 +344,32 @@ def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], 
         tracker.close()
 
 
-#: the widget measures its automatic Cell diameter from this many clicked cells (napari_sam2)
-AUTO_CLICKS = 5
-
-
-def _clicks_scaled(video_pred, sim: SimulatedMovie, clicks: list[tuple[int, np.ndarray]], preferred: float,
-                   auto: bool) -> list[float]:
-    """IoU of each (cell id, click) on frame 0 segmented alone in windows at the scale of the
-    movie's true diameter or (``auto``) the one measured from the first ``AUTO_CLICKS`` clicks."""
-    from sam2_core.diameter import estimate_cell_diameter
+def clicks_at_diameter(video_pred, image: np.ndarray, points: list[np.ndarray],
+                       diameter: float | None = None) -> tuple[list[np.ndarray] | None, float]:
+    """Each single click's (H, W) mask on ``image`` ((H, W[, C]), one frame), every click
+    segmented alone in windows of the image resized so that cells of ``diameter`` pixels reach
+    the model's preferred diameter. ``diameter`` None: measured from the first ``AUTO_OBJECTS``
+    clicks, as the widget measures its automatic cell diameter; where that implies a scale within
+    ``AUTO_TOLERANCE`` of 1 the widget keeps the recorded scale, and the masks are None (the
+    caller's recorded-scale figures apply). Returns (masks, diameter)."""
+    from sam2_core.diameter import AUTO_OBJECTS, AUTO_TOLERANCE, estimate_cell_diameter
     from sam2_core.tiled_track import TiledTracker
-    from sam2_core.track import MAX_SCALE
+    from sam2_core.track import MAX_SCALE, preferred_diameter
 
-    prompts = [dict(frame=0, object_id=cid, points=pt, labels=[1]) for cid, pt in clicks]
-    first = sim.movie[:1]
-    lo, hi = sim.params["radius"]
-    diameter = estimate_cell_diameter(video_pred, first, prompts[:AUTO_CLICKS]).diameter if auto else lo + hi
-    tracker = TiledTracker(video_pred, first, scale=float(np.clip(preferred / diameter, 1 / MAX_SCALE, MAX_SCALE)))
+    prompts = [dict(frame=0, object_id=k + 1, points=pt, labels=[1]) for k, pt in enumerate(points)]
+    first = np.asarray(image)[None]
+    measured = diameter is None
+    if measured:
+        diameter = estimate_cell_diameter(video_pred, first, prompts[:AUTO_OBJECTS]).diameter
+    scale = float(np.clip(preferred_diameter(video_pred.model) / diameter, 1 / MAX_SCALE, MAX_SCALE))
+    if measured and max(scale, 1 / scale) <= AUTO_TOLERANCE:
+        return None, float(diameter)
+    tracker = TiledTracker(video_pred, first, scale=scale)
     try:
-        masks = {r.obj_id: r.full_mask(tracker.hw) for r in tracker.preview(0, prompts)}
+        found = {r.obj_id: r.full_mask(tracker.hw) for r in tracker.preview(0, prompts)}
     finally:
         tracker.close()
-    return [_iou(masks.get(cid, np.zeros(tracker.hw, bool)), sim.labels[0] == cid) for cid, _ in clicks]
+    return [found.get(k + 1, np.zeros(tracker.hw, bool)) for k in range(len(points))], float(diameter)
 
 
 CALIBRATION_SEED = 30_000  # calibration images: neither training (1_000_001+) nor held-out (10_000+)
