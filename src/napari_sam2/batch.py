@@ -9,7 +9,9 @@ Manifest (CSV with a header, or YAML: a list of mappings, or ``{jobs: [...]}``),
   every object automatically (``auto``);
 - optional ``seed_frame``, ``direction``, ``max_frames``, ``model``, ``channels`` (e.g. ``0 2``),
   ``cell_diameter`` (px: frames are resized so that cells reach the size the model tracks best;
-  ``auto``: measured from the prompts or seeds; see :func:`sam2_core.track.track`), ``stabilize`` (true/false: remove stage drift before
+  ``auto``: measured from the prompts or seeds, the default for a model that stores the diameter
+  it tracks best; ``off`` or 0: the recorded scale; see :func:`sam2_core.track.track`),
+  ``stabilize`` (true/false: remove stage drift before
   tracking; :mod:`sam2_core.stabilize`).
 
 A job whose ``out`` exists is skipped (outputs are written under a temporary name and renamed,
