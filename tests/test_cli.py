@@ -226,6 +226,40 @@ def test_automatic_segment_with_the_bundled_model_finds_the_nuclei(tmp_path, cap
     assert "--tile takes 'auto', 0 or a size" in capsys.readouterr().err
 
 
+def test_prompted_segment_works_as_the_widget(tmp_path, capsys):
+    """`segment --prompts` on a 512 x 512 image with small nuclei: each click segmented as the
+    widget does (a one-frame stack in windows at the cell diameter measured from the prompts),
+    far better than the whole image resized to the 256 input (`--tile 0`, Meta's way)."""
+    from sam2_core.build import bundled_checkpoint
+    from sam2_core.simulate_cells import simulate_cells
+    from sam2_core.train import prompts as P
+
+    if bundled_checkpoint() is None:
+        pytest.skip("no bundled weights in this installation")
+    sim = simulate_cells(1, (512, 512), seed=10_011, radius=(5.0, 7.0))
+    truth = sim.labels[0]
+    rng = np.random.default_rng(0)
+    ids = [int(i) for i in np.unique(truth) if i and (truth == i).sum() > 40][::6][:8]
+    rows = ["frame,object_id,x,y,label"]
+    for n, i in enumerate(ids, start=1):
+        (x, y), = P.click_inside(truth == i, rng, central=True)
+        rows.append(f"3,{n},{x:.1f},{y:.1f},1")  # the frame is ignored for single images
+    (tmp_path / "p.csv").write_text("\n".join(rows) + "\n")
+    tifffile.imwrite(tmp_path / "img.tif", sim.movie[0])
+
+    def ious(folder):
+        out = tifffile.imread(tmp_path / folder / "img_labels.tif")
+        return [((out == n) & (truth == i)).sum() / ((out == n) | (truth == i)).sum() for n, i in enumerate(ids, start=1)]
+
+    assert main(["segment", str(tmp_path / "img.tif"), "--out", str(tmp_path / "seg"),
+                 "--prompts", str(tmp_path / "p.csv")]) == 0
+    assert "cell diameter measured from the prompts" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path / "img.tif"), "--out", str(tmp_path / "whole"),
+                 "--prompts", str(tmp_path / "p.csv"), "--tile", "0"]) == 0
+    scaled, whole = ious("seg"), ious("whole")
+    assert np.median(scaled) > 0.7 and np.median(scaled) > np.median(whole) + 0.2, (scaled, whole)
+
+
 def test_console_script_and_models_list():
     res = subprocess.run([sys.executable, "-m", "napari_sam2.cli", "models", "list"], capture_output=True, text=True)
     assert res.returncode == 0 and "sam2.1_hiera_tiny" in res.stdout and "default" in res.stdout

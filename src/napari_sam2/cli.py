@@ -255,7 +255,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     from napari_sam2.prompts_io import read_prompts
     from sam2_core.automatic import SAM2AutomaticMaskGenerator
     from sam2_core.io.frames import IMAGE_SUFFIXES
-    from sam2_core.predictor.image import SAM2ImagePredictor
+    from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.track import Prompt, track
 
     src = Path(args.input)
     if not src.exists():
@@ -270,25 +271,23 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     gen = SAM2AutomaticMaskGenerator(model, seeding=args.seeding, pred_iou_thresh=args.pred_iou_thresh,
                                      stability_score_thresh=args.stability_thresh, tile_size=args.tile,
                                      tile_halo=args.halo) if prompts is None else None
-    pred = SAM2ImagePredictor(model)
+    predictor = SAM2VideoPredictor(model)
+    size = args.cell_diameter
+    if size is None and args.tile == 0:  # Meta's way asked for: the image as it is
+        size = 0.0
     for path in files:
         image = _read_image(path)
         if gen is not None:
-            size = args.cell_diameter
-            if size is None and args.tile == 0:  # Meta's way asked for: the image as it is
-                size = 0.0
             labels = _segment_auto(gen, image, path.name, size)
-        else:
-            pred.set_image(image)
-            labels = np.zeros(image.shape[:2], np.uint16)
-            for p in prompts:
-                kw = {"box": p.box} if p.box is not None else {}
-                if p.points is not None:
-                    kw.update(point_coords=p.points, point_labels=p.labels)
-                one_click = p.points is not None and len(p.points) == 1 and p.box is None
-                # one click: the model's choice (three candidates, or its single-mask output)
-                masks, scores, _ = pred.predict(**kw, multimask_output=None if one_click else False)
-                labels[masks[int(np.argmax(scores))] & (labels == 0)] = p.object_id
+        else:  # as the widget segments a clicked image: a one-frame stack, in windows at the cell
+            # diameter's scale (measured from the prompts by default), overlaps resolved by score
+            decided: dict = {}
+            on_frame = [Prompt(0, p.object_id, p.points, p.labels, p.box, p.mask) for p in prompts]
+            labels = track(image[None], on_frame, model=predictor, cell_diameter=size, info=decided,
+                           windows=False if args.tile == 0 else None)[0]
+            if decided.get("cell_diameter_estimated"):
+                print(f"{path.name}: cell diameter measured from the prompts: {decided['cell_diameter']:.1f} px "
+                      f"(image resized {decided['scale']:.2f}x)", file=sys.stderr)
         target = out / f"{path.stem}_labels.tif"
         write_labels_tiff(target, labels)
         print(f"{target}: {len(np.unique(labels)) - 1} objects")
@@ -498,7 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg = sub.add_parser("segment", help="segment single images (a file or a folder of images)")
     sg.add_argument("input", help="an image file or a folder of images")
     sg.add_argument("--out", required=True, help="output folder for *_labels.tif")
-    sg.add_argument("--prompts", help="CSV/JSON prompts (frame ignored); default: automatic")
+    sg.add_argument("--prompts", help="CSV/JSON prompts (frame ignored), segmented as the widget segments an "
+                                      "image: in windows at the cell diameter's scale; default: automatic")
     sg.add_argument("--seeding", choices=["blobs", "grid"], default="blobs", help="automatic seeding mode")
     sg.add_argument("--pred-iou-thresh", type=float, default=None,
                     help="keep masks whose predicted IoU exceeds this (default: the value calibrated for the "
@@ -509,11 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="'auto' (default): images larger than the model input are cut into tiles the model "
                          "sees at its own scale; N: tiles of N px; 0: never (the image is resized to the input)")
     sg.add_argument("--cell-diameter", type=_diameter_arg, default=None,
-                    help="automatic mode: the cells' typical diameter in pixels; the image is resized so that "
-                         "cells reach the diameter the model segments best. Default ('auto'): for a model that "
-                         "stores it (the bundled one), measured from the objects found at the recorded scale, "
-                         "and the image segmented again at that scale when it is more than 15 %% from 1; "
-                         "0 or 'off': the recorded scale")
+                    help="the cells' typical diameter in pixels; the image is resized so that cells reach the "
+                         "diameter the model segments best. Default ('auto'): for a model that stores it (the "
+                         "bundled one), measured from the prompts, or in automatic mode from the objects found "
+                         "at the recorded scale (the image segmented again at that scale when it is more than "
+                         "15 %% from 1); 0 or 'off': the recorded scale")
     sg.add_argument("--halo", type=int, default=None,
                     help="tile overlap in px, wider than half a cell (default: 1/8 of the tile, at least 16)")
     sg.add_argument("--model", default="default")
