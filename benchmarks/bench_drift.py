@@ -46,7 +46,7 @@ def still_field(model) -> None:
     prompts = [Prompt(0, c, P.click_inside(first == c, rng, central=True), [1]) for c in objs]
     for stabilize in (False, True):
         t0 = time.perf_counter()
-        lab = track(movie, prompts, model=model, stabilize=stabilize)
+        lab = track(movie, prompts, model=model, stabilize=stabilize, cell_diameter=0)  # recorded scale
         sec = (time.perf_counter() - t0) / n
         ious, left, after = [], 0, 0
         for f in range(n):
@@ -84,7 +84,7 @@ def moving_cells(model, movies: int, frames: int, drift) -> None:
         est_sec.append((time.perf_counter() - t0) / frames)
         errors.append(d[-1] - np.asarray(drift or (0.0, 0.0)) * (frames - 1))
         for stabilize in (False, True):
-            lab = track(sim.movie, prompts, model=model, stabilize=stabilize)
+            lab = track(sim.movie, prompts, model=model, stabilize=stabilize, cell_diameter=0)
             for c in objs:
                 v = []
                 for f in range(frames):
@@ -132,7 +132,8 @@ def memory_one(n: int, model_name: str) -> None:
     rng = np.random.default_rng(0)
     prompts = [Prompt(0, c, P.click_inside(first == c, rng, central=True), [1]) for c in objs]
     t0 = time.perf_counter()
-    track(field, prompts, model=build_sam2(model_name, device="cpu"), stabilize=True, out=_Sink(n, size))
+    track(field, prompts, model=build_sam2(model_name, device="cpu"), stabilize=True, out=_Sink(n, size),
+          cell_diameter=0)
     print(f"{n} frames of {size} x {size}, stabilized, {len(objs)} nuclei: peak RSS {peak_rss_mb():.0f} MB, "
           f"{(time.perf_counter() - t0) / n:.2f} s/frame", flush=True)
 

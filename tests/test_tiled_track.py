@@ -72,7 +72,7 @@ def test_windows_equal_the_whole_frame_when_it_fits(model):
     ids = [int(i) for i in np.unique(sim.labels[0]) if i][:3]
     prompts = [Prompt(0, k + 1, P.click_inside(sim.labels[0] == c, rng, central=True), [1]) for k, c in enumerate(ids)]
     a = track(sim.movie, prompts, model=model, windows=False)
-    b = track(sim.movie, prompts, model=model, windows=True)
+    b = track(sim.movie, prompts, model=model, windows=True, cell_diameter=0)  # at the recorded scale
     assert a.shape == b.shape == sim.labels.shape
     assert (a == b).mean() > 0.999
 
@@ -193,6 +193,29 @@ def test_scale_and_cell_diameter(model):
         model.recommended = saved
     with pytest.raises(ValueError, match="windows"):
         track(movie, [Prompt(0, 1, [[30, 40]], [1])], model=model, scale=2.0, windows=False)
+
+
+def test_small_scaled_frames_are_padded_not_enlarged_again(model):
+    """A scaled frame smaller than the input (a 61 x 57 slice enlarged 2x) already shows cells at
+    the size asked for: its window is padded to the input, not enlarged again by the model's
+    max_upscale (which scale 1 keeps); masks still come back on the recorded pixels."""
+    from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.tiled_track import TiledTracker
+
+    movie, truth = _moving_disc(n=3, h=61, w=57, r=6, step=1, x0=20)
+    pred = SAM2VideoPredictor(model)
+    assert model.config.max_upscale > 1
+    for scale, expected in ((2.0, 1.0), (1.0, model.config.max_upscale)):
+        tracker = TiledTracker(pred, movie, scale=scale)
+        try:
+            state = tracker._state(0)
+            assert state.features.max_upscale == expected
+            assert pred.canvas_hw(state) == ((model.image_size,) * 2 if scale == 2.0 else
+                                             (model.image_size // 2,) * 2)
+        finally:
+            tracker.close()
+    lab = track(movie, [Prompt(0, 1, [[20, 30]], [1])], model=pred, scale=2.0)
+    assert lab.shape == movie.shape and _iou(lab[0] == 1, truth[0]) > 0.5
 
 
 def test_prompts_join_on_their_frame_and_corrections_move_objects(model):

@@ -237,6 +237,7 @@ class TiledTracker:
         self.source = frames if isinstance(frames, FrameSource) else FrameSource(
             frames, contrast_limits=contrast_limits, channels=channels, channel_axis=channel_axis)
         self.frames = ScaledFrames(self.source, scale)
+        self.scale = float(scale)
         size = predictor.image_size
         self.halo = default_halo(size) if halo is None else int(halo)
         self.windows = window_lattice(self.frames.height, self.frames.width, size, self.halo)
@@ -344,8 +345,11 @@ class TiledTracker:
     def _state(self, w: int):
         if w not in self.states:
             view = _WindowView(self.frames, self.windows[w].outer)
+            # with a scale the frames already show cells at the size the model wants: a window
+            # smaller than the input (a small scaled frame) is padded, not enlarged again
             self.states[w] = self.predictor.init_state(view, contrast_limits=(0.0, 1.0),
-                                                       embedding_cache=self.embedding_cache)
+                                                       embedding_cache=self.embedding_cache,
+                                                       max_upscale=1.0 if self.scale != 1.0 else None)
         return self.states[w]
 
     def _drop(self, obj_id: int) -> None:

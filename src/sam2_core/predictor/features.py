@@ -55,6 +55,8 @@ class FeatureCache:
         disk_cache: a folder for an on-disk cache of features (None: off). Entries are keyed
             by model fingerprint, preprocessing, ``tag`` (e.g. the precision the encoder runs
             at) and the frame's own bytes.
+        max_upscale: overrides the model's ``SAM2Config.max_upscale`` (1: frames smaller than
+            the input are padded, never enlarged).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class FeatureCache:
         read_ahead: int = 2,
         disk_cache: str | os.PathLike | None = None,
         tag: str = "",
+        max_upscale: float | None = None,
     ) -> None:
         self.frames = frames
         self.model = model
@@ -76,7 +79,7 @@ class FeatureCache:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam2-read",
                                         initializer=_lower_thread_priority) if read_ahead else None
         self.disk_cache = Path(disk_cache) if disk_cache else None
-        self.max_upscale = float(model.config.max_upscale)
+        self.max_upscale = float(model.config.max_upscale if max_upscale is None else max_upscale)
         self._prefix = None
         if self.disk_cache is not None:
             self.disk_cache.mkdir(parents=True, exist_ok=True)

@@ -210,6 +210,7 @@ class SAM2VideoPredictor:
         channels: Sequence[int] | None = None,
         channel_axis: int | None = None,
         embedding_cache: str | os.PathLike | None = None,
+        max_upscale: float | None = None,
     ) -> VideoState:
         """Open a stack for tracking (nothing is read beyond a few sample frames).
 
@@ -220,6 +221,7 @@ class SAM2VideoPredictor:
             channels: up to 3 channel indices for data with more channels.
             channel_axis: where channels are, if not last.
             embedding_cache: folder for an on-disk cache of image features.
+            max_upscale: overrides the model's ``SAM2Config.max_upscale`` for this stack.
         """
         if isinstance(frames, FrameSource):
             source = frames
@@ -227,7 +229,8 @@ class SAM2VideoPredictor:
             source = FrameSource(frames, contrast_limits=contrast_limits, channels=channels,
                                  channel_axis=channel_axis)
         cache = FeatureCache(source, self.model, capacity=self.feature_cache_size, read_ahead=self.read_ahead,
-                             disk_cache=embedding_cache, tag=precision_mod.name(self.precision))
+                             disk_cache=embedding_cache, tag=precision_mod.name(self.precision),
+                             max_upscale=max_upscale)
         return VideoState(frames=source, features=cache, device=self.model.device)
 
     def reset_state(self, state: VideoState) -> None:
