@@ -239,18 +239,15 @@ def main() -> None:
         rng = np.random.default_rng(0)  # the same clicks as click_ious
         ids = [i for i in np.unique(labels) if i]
         points = [P.click_inside(labels == i, rng, central=True) for i in ids]
-        masks, d = clicks_at_diameter(SAM2VideoPredictor(model), image, points)
-        if masks is None:
+        video_pred = SAM2VideoPredictor(model)
+        masks, d = clicks_at_diameter(video_pred, image, points)
+        if masks is None:  # in windows at that scale all the same (a given diameter always scales)
             print(f"  the cell diameter measured from the first 5 clicks ({d:.1f} px; the widget's default) "
                   "keeps the recorded scale: the native tiles' figure")
-        else:
-            scaled = [_iou(m, labels == i) for m, i in zip(masks, ids)]
-            print(f"  with the cell diameter measured from the first 5 clicks ({d:.1f} px; the widget's default): "
-                  f"{med(scaled):.3f} (IoU > 0.5: {np.mean(np.array(scaled) > 0.5):.0%})")
-        masks, _ = clicks_at_diameter(SAM2VideoPredictor(model), image, points, d)  # given: always scaled
+            masks, _ = clicks_at_diameter(video_pred, image, points, d)
         scaled = [_iou(m, labels == i) for m, i in zip(masks, ids)]
-        print(f"  in windows at that diameter's scale all the same: {med(scaled):.3f} "
-              f"(IoU > 0.5: {np.mean(np.array(scaled) > 0.5):.0%})")
+        print(f"  in windows at the scale of the cell diameter measured from the first 5 clicks ({d:.1f} px): "
+              f"{med(scaled):.3f} (IoU > 0.5: {np.mean(np.array(scaled) > 0.5):.0%})")
     for size, what in ((0.0, "native tiles, recorded scale"), (None, "the default: diameter measured")):
         t0 = time.perf_counter()
         decided: dict = {}

@@ -231,3 +231,4 @@ def test_automatic_segmentation_at_the_measured_cell_diameter(bundled):
     assert all(d <= t for d, t in calls) and calls[-1][0] == calls[-1][1]
     given, _ = gen.generate_labels(sim.movie[0], cell_diameter=info["cell_diameter"])
     assert np.array_equal(given, labels)  # the measured value, given, does the same
+    assert np.array_equal(gen.generate_labels(sim.movie[0], scale=info["scale"])[0], labels)  # and its scale

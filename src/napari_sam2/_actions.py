@@ -246,7 +246,7 @@ class Controller:
         Measured while at most ``AUTO_OBJECTS`` objects are prompted, and until a propagation
         used it; the frames are resized again only when the scale moves by more than
         ``AUTO_TOLERANCE`` (each resize re-segments the prompted frames)."""
-        from sam2_core.diameter import AUTO_OBJECTS, AUTO_TOLERANCE, has_positive
+        from sam2_core.diameter import AUTO_OBJECTS, close_scales, has_positive
         from sam2_core.track import preferred_diameter
 
         pref = preferred_diameter(session.model)
@@ -268,7 +268,7 @@ class Controller:
         scale = pref / d
         self._auto = (n, self._auto[1])
         note = f"; cell diameter measured from {len(found.per_object)} object(s): {d:g} px"
-        if max(scale / session.scale, session.scale / scale) <= AUTO_TOLERANCE:
+        if close_scales(scale, session.scale):
             return session, note
         try:
             new = SegmentationSession(session.model, speed=self.speed, cell_diameter=d, stabilize=self.stabilize)

@@ -275,6 +275,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     size = args.cell_diameter
     if size is None and args.tile == 0:  # Meta's way asked for: the image as it is
         size = 0.0
+    on_frame = None if prompts is None else [Prompt(0, p.object_id, p.points, p.labels, p.box, p.mask)
+                                             for p in prompts]  # the frame column is ignored
     for path in files:
         image = _read_image(path)
         if gen is not None:
@@ -282,7 +284,6 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         else:  # as the widget segments a clicked image: a one-frame stack, in windows at the cell
             # diameter's scale (measured from the prompts by default), overlaps resolved by score
             decided: dict = {}
-            on_frame = [Prompt(0, p.object_id, p.points, p.labels, p.box, p.mask) for p in prompts]
             labels = track(image[None], on_frame, model=predictor, cell_diameter=size, info=decided,
                            windows=False if args.tile == 0 else None)[0]
             if decided.get("cell_diameter_estimated"):

@@ -238,16 +238,18 @@ class SAM2AutomaticMaskGenerator:
         scale that implies when it is more than ``AUTO_TOLERANCE`` from 1 ("auto" the same);
         0 / "off": as it is. ``info`` receives ``scale`` and ``cell_diameter`` (measured or
         given; None without)."""
-        from sam2_core.diameter import AUTO_TOLERANCE, equivalent_diameter
+        from sam2_core.diameter import close_scales
         from sam2_core.track import MAX_SCALE, as_diameter, preferred_diameter, resolve_scale
 
         cell_diameter = as_diameter(cell_diameter)
         pref = preferred_diameter(self.predictor.model)
         measure = scale is None and cell_diameter in (None, "auto") and pref is not None
+        if cell_diameter == "auto" and scale is not None:
+            raise ValueError("give scale or cell_diameter, not both")
         if cell_diameter == "auto" and pref is None:
             raise ValueError("this model stores no preferred cell diameter (recommended['cell_diameter']): give "
                              "scale= instead, or cell_diameter=0")
-        factor = 1.0 if measure or cell_diameter is None else resolve_scale(self.predictor.model, scale, cell_diameter)
+        factor = 1.0 if measure else resolve_scale(self.predictor.model, scale, cell_diameter or None)
         if info is not None:
             info.update(scale=factor, cell_diameter=cell_diameter or None)
         if factor != 1.0:
@@ -259,15 +261,14 @@ class SAM2AutomaticMaskGenerator:
             progress(done, total)
 
         labels, records = self._labels(image, contrast_limits, channels, counted if progress else None)
-        found = [equivalent_diameter(labels == r["id"]) for r in records]
-        found = [d for d in found if d > 0]
-        if not measure or not found:
+        areas = np.bincount(labels.ravel())[1:]  # one pass over the labels, however many objects
+        if not measure or not areas.any():
             return labels, records
-        d = float(np.median(found))
+        d = float(np.median(2 * np.sqrt(areas[areas > 0] / np.pi)))  # equivalent diameters
         factor = float(np.clip(pref / d, 1 / MAX_SCALE, MAX_SCALE))
         if info is not None:
-            info.update(cell_diameter=d, scale=1.0 if max(factor, 1 / factor) <= AUTO_TOLERANCE else factor)
-        if max(factor, 1 / factor) <= AUTO_TOLERANCE:
+            info.update(cell_diameter=d, scale=1.0 if close_scales(factor) else factor)
+        if close_scales(factor):
             return labels, records
         again = (lambda done, total: progress(first[0] + done, first[0] + total)) if progress else None
         return self._labels_at_scale(image, factor, contrast_limits, channels, again)

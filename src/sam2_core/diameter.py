@@ -34,6 +34,12 @@ AUTO_OBJECTS = 5
 AUTO_TOLERANCE = 1.15
 
 
+def close_scales(a: float, b: float = 1.0, tolerance: float = AUTO_TOLERANCE) -> bool:
+    """Whether two frame scales are within ``tolerance`` (a factor) of each other: resizing from
+    one to the other is not worth a new segmentation."""
+    return max(a / b, b / a) <= tolerance
+
+
 def equivalent_diameter(mask: np.ndarray) -> float:
     """2 sqrt(area / pi) of a boolean mask, in its pixels (0 for an empty mask)."""
     return 2.0 * math.sqrt(float(np.count_nonzero(mask)) / math.pi)
@@ -122,7 +128,7 @@ def estimate_cell_diameter(predictor: Any, frames: Any, prompts: Sequence[Any], 
         if not values:
             break
         implied = float(np.clip(preferred / float(np.median(values)), 1 / MAX_SCALE, MAX_SCALE))
-        if max(implied / scale, scale / implied) <= tolerance:
+        if close_scales(implied, scale, tolerance):
             break
         scale = implied
     per_object = {**given, **measured}

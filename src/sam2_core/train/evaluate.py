@@ -352,7 +352,7 @@ def clicks_at_diameter(video_pred, image: np.ndarray, points: list[np.ndarray],
     clicks, as the widget measures its automatic cell diameter; where that implies a scale within
     ``AUTO_TOLERANCE`` of 1 the widget keeps the recorded scale, and the masks are None (the
     caller's recorded-scale figures apply). Returns (masks, diameter)."""
-    from sam2_core.diameter import AUTO_OBJECTS, AUTO_TOLERANCE, estimate_cell_diameter
+    from sam2_core.diameter import AUTO_OBJECTS, close_scales, estimate_cell_diameter
     from sam2_core.tiled_track import TiledTracker
     from sam2_core.track import MAX_SCALE, preferred_diameter
 
@@ -362,7 +362,7 @@ def clicks_at_diameter(video_pred, image: np.ndarray, points: list[np.ndarray],
     if measured:
         diameter = estimate_cell_diameter(video_pred, first, prompts[:AUTO_OBJECTS]).diameter
     scale = float(np.clip(preferred_diameter(video_pred.model) / diameter, 1 / MAX_SCALE, MAX_SCALE))
-    if measured and max(scale, 1 / scale) <= AUTO_TOLERANCE:
+    if measured and close_scales(scale):
         return None, float(diameter)
     tracker = TiledTracker(video_pred, first, scale=scale)
     try:
