@@ -48,6 +48,9 @@ def test_manifest_parsing(lab, tmp_path):
     c = tmp_path / "flags.csv"
     c.write_text("movie,out,stabilize\na.tif,a.zarr,yes\nb.tif,b.zarr,0\nc.tif,c.zarr,\n")
     assert [j.stabilize for j in read_manifest(c)] == [True, False, False]
+    assert steady.continuity is True  # the continuity guard is on unless a job turns it off
+    c.write_text("movie,out,continuity\na.tif,a.zarr,no\nb.tif,b.zarr,\n")
+    assert [j.continuity for j in read_manifest(c)] == [False, True]
     bad = tmp_path / "bad.csv"
     for text, needle in [("movie\na.tif\n", "'out' is required"), ("movie,out,colour\na,b,c\n", "unknown columns"),
                          ("movie,out\na,x.tif\nb,x.tif\n", "same output"),

@@ -66,6 +66,7 @@ def test_track_csv_to_tiff_and_zarr(workdir, capsys):
     with tifffile.TiffFile(out) as tf:
         assert tf.is_imagej
     assert read_labels_info(out)["speed"] == "exact" and read_labels_info(out)["precision"] == "fp32"
+    assert read_labels_info(out)["continuity"] is True  # the continuity guard is on by default
     assert json.loads((d / "ctc" / "napari-sam2.json").read_text())["speed"] == "exact"
     assert "labels.tif" in capsys.readouterr().out
     zout = d / "labels.zarr"
@@ -85,6 +86,9 @@ def test_track_csv_to_tiff_and_zarr(workdir, capsys):
     assert tifffile.imread(sout).shape == movie.shape and {1, 2} <= set(np.unique(tifffile.imread(sout)[0]))
     info = read_labels_info(sout)
     assert info["scale"] == 2.0 and info["windows"] is True
+    assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(sout),
+                 "--model", ckpt, "--max-frames", "1", "--direction", "forward", "--no-continuity"]) == 0
+    assert read_labels_info(sout)["continuity"] is False
     # a model without a stored preferred diameter: a clear one-line error, exit 1
     assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(sout),
                  "--model", ckpt, "--cell-diameter", "12"]) == 1

@@ -279,6 +279,7 @@ def test_segment_all_track_all_and_labels_as_prompts(make_napari_viewer, qtbot, 
     c = w.controller
     w.checkpoint.value = small_checkpoint
     w.output.value = "mine"
+    w.continuity.value = False  # random weights: masks jump about, which the guard would rightly end
     c.track_all(direction="forward")
     _wait_idle(qtbot, c)
     qtbot.waitUntil(lambda: not c.busy and not c._after, timeout=60_000)
@@ -398,6 +399,7 @@ def test_track_all_into_a_new_labels_layer(make_napari_viewer, qtbot, small_chec
         {"segmentation": lab[0] == k, "area": int((lab[0] == k).sum())} for k in truth])
     viewer, w, c = _movie_session(make_napari_viewer, m, small_checkpoint)
     w.direction.value = "forward"
+    w.continuity.value = False  # random weights: masks jump about, which the guard would rightly end
     w.track_all.clicked.emit()  # the "Track all" button
     qtbot.waitUntil(lambda: not c.busy and not c._after and c._pending is None, timeout=60_000)
     out = viewer.layers[A.LABELS].data
@@ -786,5 +788,10 @@ def test_correct_stage_drift_tracks_on_a_steady_canvas(make_napari_viewer, qtbot
     assert min(last) > 0.6, (last, _errors())
     assert labels.data.shape == movie.shape and labels.metadata["napari_sam2"]["stabilize"] is True
     assert np.allclose(labels.metadata["napari_sam2"]["drift"][-1], [0.0, -step * (n - 1)], atol=0.5)
+    assert w.continuity.value and labels.metadata["napari_sam2"]["continuity"] is True  # on by default
     w.stabilize.value = False
     assert not c.session.stabilize
+    w.continuity.value = False  # "End tracks that jump" unticked: the next propagation keeps SAM 2's masks
+    w.propagate.clicked.emit()
+    _wait_idle(qtbot, c, timeout=120_000)
+    assert c.session.continuity is False and labels.metadata["napari_sam2"]["continuity"] is False, _errors()

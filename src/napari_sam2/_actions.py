@@ -95,6 +95,8 @@ class Controller:
         self._auto: tuple[int, float | None] = (0, None)  # (objects measured, diameter the session uses)
         self._auto_frozen = False  # a propagation used the measured diameter: it is kept
         self.stabilize = False  # remove stage drift before tracking (sam2_core.stabilize)
+        #: end a track where its mask jumps or swells (sam2_core.continuity); False: SAM 2's masks
+        self.continuity = True
         self.session: SegmentationSession | None = None
         self.object_id = 1
         self.negative = False
@@ -778,6 +780,7 @@ class Controller:
             session.set_stack(data, view, contrast_limits=limits)
             session.sync_prompts(points, boxes, masks)
             session_box.append(session)
+            session.continuity = self.continuity
             yield ("total", session.frames_in(direction, start, max_frames))
             yield from session.propagate(direction, start, max_frames, obj_ids)
 

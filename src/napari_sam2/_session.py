@@ -105,6 +105,8 @@ class SegmentationSession:
         #: windows of a steady canvas, prompts and labels stay in each frame's pixels
         self.stabilize = bool(stabilize)
         self._canvas = None  # SteadyCanvas of the current stack (made with the tracker)
+        #: end a track where its mask jumps or swells (sam2_core.continuity); False: SAM 2's masks
+        self.continuity = True
         self._prompt_dicts: tuple[dict, dict, dict] = ({}, {}, {})
         self._cleared: set[tuple[int, int]] = set()  # (frame, obj) whose prompts the last sync removed
         self.lock = threading.RLock()
@@ -197,6 +199,7 @@ class SegmentationSession:
             from sam2_core.stabilize import provenance
 
             info.update(provenance(self._canvas.drift) if self._canvas is not None else {"stabilize": self.stabilize})
+            info["continuity"] = self.continuity
         return info
 
     # --- single large images -------------------------------------------------------------------
@@ -370,6 +373,7 @@ class SegmentationSession:
         ``direction`` is forward, backward or both (forward, then backward from ``start``).
         Closing the generator stops after the current frame; the state stays valid.
         """
+        from sam2_core.continuity import ContinuityGuard
         from sam2_core.track import labels_dtype, logits_to_labels, prompted_on
 
         if direction not in ("forward", "backward", "both"):
@@ -384,17 +388,22 @@ class SegmentationSession:
             yield from self._propagate_windows(direction, start, max_frames, obj_ids)
             return
         seen: set[int] = set()
+        guard = ContinuityGuard() if self.continuity else None
 
         def labels(item):
             f, ids, low = item
+            prompted = prompted_on(self.state, ids, f)
+            if guard is not None:  # an ended object stays among the ids: its old labels are cleared
+                low = guard.filter_low_res(f, ids, low, prompted)
             if f in seen:
                 return None
             seen.add(f)
             return f, logits_to_labels(low, ids, self.view.frame_shape, labels_dtype(max(ids)),
-                                       prompted=prompted_on(self.state, ids, f),
-                                       canvas=self.predictor.canvas_hw(self.state)), ids
+                                       prompted=prompted, canvas=self.predictor.canvas_hw(self.state)), ids
 
         for reverse in ([False, True] if direction == "both" else [direction == "backward"]):
+            if guard is not None:
+                guard.reset()
             yield from self._under_lock(
                 self.predictor.propagate_low_res(self.state, start, max_frames, reverse, obj_ids), labels)
 
@@ -433,7 +442,8 @@ class SegmentationSession:
             return f, lab, sorted(r.obj_id for r in results)
 
         yield from self._under_lock(
-            iter_results(tracker, prompts, direction=direction, max_frames=max_frames, start=start), labels)
+            iter_results(tracker, prompts, direction=direction, max_frames=max_frames, start=start,
+                         continuity=self.continuity), labels)
 
     def frames_in(self, direction: str, start: int | None, max_frames: int | None) -> int:
         """How many frames a propagation will yield (for progress bars)."""

@@ -86,6 +86,10 @@ class SAM2Widget(Container):
         self.stabilize = CheckBox(text="Correct stage drift", value=False, tooltip=(
             "the whole field moves between frames (a drifting stage): register the frames once and "
             "track on a steady canvas; labels stay where the cells are in each frame"))
+        self.continuity = CheckBox(text="End tracks that jump", value=True, tooltip=(
+            "a cell's label ends where its mask jumps away from its last place or swells past 4x its first "
+            "size (it left the field, ended in a volume, or the tracker slid onto neighbours); untick to keep "
+            "the model's masks as they come"))
         self.propagate = PushButton(text="Propagate [Shift+P]",
                                     tooltip="track the objects through the stack, frame by frame [Shift+P]")
         self.cancel = PushButton(text="Cancel [Esc]", enabled=False,
@@ -112,7 +116,7 @@ class SAM2Widget(Container):
             row(self.new_object, self.delete_object),
             row(self.segment, self.draw_boxes),
             self.direction, self.all_objects, self.n_frames, self.speed, self.cell_diameter, self.measure_diameter,
-            self.stabilize,
+            row(self.stabilize, self.continuity),
             row(self.propagate, self.cancel),
             row(self.segment_all, self.track_all),
             self.output, self.labels_prompts, self.tracks,
@@ -132,6 +136,7 @@ class SAM2Widget(Container):
         self.speed.changed.connect(lambda v: c.set_speed(v))
         self.cell_diameter.changed.connect(lambda v: c.set_cell_diameter(v))
         self.stabilize.changed.connect(lambda v: c.set_stabilize(v))
+        self.continuity.changed.connect(lambda v: setattr(c, "continuity", bool(v)))
         self.measure_diameter.changed.connect(lambda: c.measure_cell_diameter())
         c.cell_diameter_changed = lambda d: self.cell_diameter.set_value(d)
         self.object_id.changed.connect(lambda v: c.set_object(v))

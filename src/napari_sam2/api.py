@@ -22,8 +22,9 @@ from napari_sam2._actions import Controller
 
 def _controller(viewer, image_layer, points_layer=None, labels_layer=None, *, model="default",
                 checkpoint=None, device="auto", axis=None, speed=None, cell_diameter=None,
-                stabilize=False) -> Controller:
+                stabilize=False, continuity=True) -> Controller:
     c = Controller(viewer, notify=False, threaded=False)
+    c.continuity = bool(continuity)
     c.set_model(model, checkpoint or "", device)
     if speed is not None:
         c.set_speed(speed)
@@ -81,6 +82,9 @@ def propagate(viewer, image_layer, points_layer=None, labels_layer=None, *, dire
     from the first prompted objects, as the widget does; else the recorded scale.
     ``stabilize`` (keyword): remove stage drift (the whole field's translation) before tracking;
     labels stay in each frame's pixels (``sam2_core.stabilize``).
+    ``continuity`` (keyword, default True): an object's track ends where its mask jumps away or
+    swells past 4x its first area (it left the field, ended, or slid onto neighbours); False
+    keeps SAM 2's masks as they come (``sam2_core.continuity``).
     """
     c = _controller(viewer, image_layer, points_layer, labels_layer, speed=speed, **kwargs)
     try:

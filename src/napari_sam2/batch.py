@@ -12,7 +12,8 @@ Manifest (CSV with a header, or YAML: a list of mappings, or ``{jobs: [...]}``),
   ``auto``: measured from the prompts or seeds, the default for a model that stores the diameter
   it tracks best; ``off`` or 0: the recorded scale; see :func:`sam2_core.track.track`),
   ``stabilize`` (true/false: remove stage drift before
-  tracking; :mod:`sam2_core.stabilize`).
+  tracking; :mod:`sam2_core.stabilize`), ``continuity`` (true/false, default true: end a track
+  where its mask jumps or swells; :mod:`sam2_core.continuity`).
 
 A job whose ``out`` exists is skipped (outputs are written under a temporary name and renamed,
 so an existing output is a finished one); a failing job is reported and the others go on.
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 _FIELDS = ("movie", "out", "prompts", "seed_frame", "direction", "max_frames", "model", "channels", "cell_diameter",
-           "stabilize")
+           "stabilize", "continuity")
 
 
 class ManifestError(ValueError):
@@ -48,6 +49,7 @@ class Job:
     channels: list[int] | None = None
     cell_diameter: float | str | None = None  # px, or "auto"
     stabilize: bool = False
+    continuity: bool = True
 
 
 def _flag(value: Any) -> bool:
@@ -105,6 +107,7 @@ def _job(row: dict[str, Any], base: Path, where: str) -> Job:
             channels=[int(c) for c in channels] if channels is not None else None,
             cell_diameter=as_diameter(row.get("cell_diameter")),
             stabilize=_flag(row["stabilize"]) if "stabilize" in row else False,
+            continuity=_flag(row["continuity"]) if row.get("continuity") not in (None, "") else True,
         )
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{where}: {e}") from None
@@ -172,15 +175,16 @@ def run_job(job: Job, model: str = "default", device: str | None = None, threads
             prompts = read_prompts(job.prompts)
             check_prompts(prompts, source.num_frames, source.height, source.width)
             labels = track(source, prompts, model=predictor, direction=job.direction, max_frames=job.max_frames,
-                           cell_diameter=job.cell_diameter, stabilize=drift, info=decided)
+                           cell_diameter=job.cell_diameter, stabilize=drift, continuity=job.continuity,
+                           info=decided)
         else:
             from sam2_core.automatic import track_all
 
             labels = track_all(source, job.seed_frame, model=predictor, direction=job.direction,
                                max_frames=job.max_frames, cell_diameter=job.cell_diameter,
-                               stabilize=drift, info=decided)
+                               stabilize=drift, continuity=job.continuity, info=decided)
         info = window_provenance(predictor, seen, None, job.cell_diameter, decided=decided)
-        info.update(stabilize_provenance(drift))
+        info.update(stabilize_provenance(drift), continuity=job.continuity)
         _write_labels(out, labels, info)
         return JobResult(job.movie, job.out, "done", time.perf_counter() - t0, len(np.unique(labels)) - 1)
     except Exception as e:  # reported, the batch goes on

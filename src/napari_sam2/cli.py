@@ -176,7 +176,8 @@ def _cmd_track(args: argparse.Namespace) -> int:
             labels = track_all(source, args.seed_frame, model=predictor, direction=args.direction,
                                max_frames=args.max_frames, fill_holes=args.fill_holes, min_size=args.min_size,
                                progress=progress, scale=args.scale, cell_diameter=args.cell_diameter,
-                               windows=False if args.no_windows else None, stabilize=drift, info=decided)
+                               windows=False if args.no_windows else None, stabilize=drift,
+                               continuity=not args.no_continuity, info=decided)
         else:
             diameter = args.cell_diameter
             if diameter is None and args.scale is None and args.embedding_cache:
@@ -185,14 +186,14 @@ def _cmd_track(args: argparse.Namespace) -> int:
                            fill_holes=args.fill_holes, min_size=args.min_size,
                            embedding_cache=args.embedding_cache, progress=progress, scale=args.scale,
                            cell_diameter=diameter, windows=False if args.no_windows else None,
-                           stabilize=drift, info=decided)
+                           stabilize=drift, continuity=not args.no_continuity, info=decided)
     finally:
         bar.close()
     if decided.get("cell_diameter_estimated"):
         print(f"cell diameter estimated from the {'seeds' if args.auto else 'prompts'}: "
               f"{decided['cell_diameter']:.1f} px (frames resized {decided['scale']:.2f}x)")
     info = window_provenance(predictor, seen, args.scale, args.cell_diameter, not args.no_windows, decided)
-    info.update(stabilize_provenance(drift))
+    info.update(stabilize_provenance(drift), continuity=not args.no_continuity)
     _write_labels(out, labels, info)
     print(f"{out}: {len(np.unique(labels)) - 1} objects over {labels.shape[0]} frames ({args.speed} mode)")
     if args.ctc:
@@ -390,7 +391,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = _build(args.model, args.device)
     m = evaluate(model, n_movies=args.movies, n_frames=args.frames, size=args.size, progress=not args.json,
-                 cell_diameter=args.cell_diameter, n_leaving=args.leaving_movies, n_volumes=args.volumes)
+                 cell_diameter=args.cell_diameter, n_leaving=args.leaving_movies, n_volumes=args.volumes,
+                 continuity=args.continuity)
     if args.json:
         print(json.dumps(m.as_dict()))
     else:
@@ -491,6 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="remove stage drift first: the frames are registered (whole-field translation, phase "
                         "correlation) and tracked on a steady canvas; labels are written at each frame's own "
                         "pixels")
+    t.add_argument("--no-continuity", action="store_true",
+                   help="keep SAM 2's masks as they come: by default an object's track ends where its mask jumps "
+                        "away from its last mask or swells past 4x its first area (it left the field, ended in a "
+                        "volume, or the tracker slid onto neighbours)")
     t.add_argument("--ctc", default=None, help="also write a Cell Tracking Challenge result folder here")
     t.add_argument("--csv", default=None, help="also write per-object, per-frame measurements (CSV) here")
     t.set_defaults(func=_cmd_track)
@@ -590,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="track each movie with its true nucleus diameter given (as --cell-diameter in track), "
                          "in windows at the model's preferred diameter; '--cell-diameter auto': with the "
                          "diameter estimated from the clicks, as track --cell-diameter auto does")
+    ev.add_argument("--continuity", action="store_true",
+                    help="pass every tracked mask through the continuity guard, as track, the widget and the "
+                         "API do by default (without it: the model's masks as they come)")
     ev.set_defaults(func=_cmd_evaluate)
 
     m = sub.add_parser("models", help="list, download or import model weights")

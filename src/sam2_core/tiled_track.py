@@ -556,7 +556,7 @@ def merge_labels(results: Sequence[ObjectLogits], hw: tuple[int, int], dtype: np
 
 
 def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: str = "forward",
-                 max_frames: int | None = None, start: int | None = None
+                 max_frames: int | None = None, start: int | None = None, continuity: bool = True
                  ) -> Iterator[tuple[int, list[ObjectLogits], bool]]:
     """Run the passes of a propagation; yield (frame, results, again) with each object at most once
     per frame (``again``: the frame was yielded before, with other objects).
@@ -564,7 +564,10 @@ def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: st
     Passes as :func:`sam2_core.track.passes` (or both ways from ``start``). With "both", objects
     first prompted after the earliest prompted frame (or after ``start``) are also tracked backward
     from their first prompt to it, so that every object goes both ways from its own prompts.
+    ``continuity``: an object whose mask jumps or swells ends there for the rest of the pass (its
+    logits come at :data:`sam2_core.continuity.ENDED`; :mod:`sam2_core.continuity`).
     """
+    from sam2_core.continuity import ContinuityGuard
     from sam2_core.track import as_prompts, passes
 
     prompts = as_prompts(prompts)
@@ -583,8 +586,13 @@ def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: st
             reach = top - lo - 1 if max_frames is None else min(max_frames, top - lo - 1)
             runs.append((top, True, [p for p in prompts if int(p.object_id) in late], reach))
     done: dict[int, set[int]] = {}
+    guard = ContinuityGuard() if continuity else None
     for s, reverse, ps, reach in runs:
+        if guard is not None:
+            guard.reset()
         for f, results in tracker.run(ps, s, reverse, reach):
+            if guard is not None:
+                results = guarded(guard, f, results, tracker.prompted(f))
             again = f in done
             new = [r for r in results if r.obj_id not in done.get(f, ())]
             if again and not new:
@@ -593,9 +601,21 @@ def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: st
             yield f, new, again
 
 
+def guarded(guard, frame: int, results: Sequence[ObjectLogits], prompted: set[int]) -> list[ObjectLogits]:
+    """``results`` with the objects whose track the continuity guard ends given ended logits."""
+    from sam2_core.continuity import ENDED
+
+    out = []
+    for r in results:
+        keep = guard.check(r.obj_id, (r.logits > 0).cpu().numpy(), frame, y0=r.y0, x0=r.x0,
+                           prompted=r.obj_id in prompted)
+        out.append(r if keep else ObjectLogits(r.obj_id, r.y0, r.x0, torch.full_like(r.logits, ENDED)))
+    return out
+
+
 def iter_labels(tracker: TiledTracker, prompts: Sequence[Any], *, direction: str = "forward",
-                max_frames: int | None = None, fill_holes: int = 0, min_size: int = 0
-                ) -> Iterator[tuple[int, np.ndarray, bool]]:
+                max_frames: int | None = None, fill_holes: int = 0, min_size: int = 0,
+                continuity: bool = True) -> Iterator[tuple[int, np.ndarray, bool]]:
     """Yield (frame, (H, W) labels, again) as ``tracker`` goes (:func:`iter_results`; ``again``:
     the labels hold only objects not yet given on that frame, to be merged under the earlier
     ones; ``fill_holes`` / ``min_size`` in recorded pixels)."""
@@ -603,6 +623,7 @@ def iter_labels(tracker: TiledTracker, prompts: Sequence[Any], *, direction: str
 
     prompts = as_prompts(prompts)
     dtype = labels_dtype(max(int(p.object_id) for p in prompts))
-    for f, results, again in iter_results(tracker, prompts, direction=direction, max_frames=max_frames):
+    for f, results, again in iter_results(tracker, prompts, direction=direction, max_frames=max_frames,
+                                          continuity=continuity):
         lab = merge_labels(results, tracker.hw, dtype, tracker.prompted(f))
         yield f, clean_labels(lab, fill_holes, min_size), again

@@ -187,26 +187,35 @@ def track_iter(
     max_frames: int | None = None,
     fill_holes: int = 0,
     min_size: int = 0,
+    continuity: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Apply prompts and yield (frame_idx, (H, W) labels) as tracking goes.
 
     Forward runs from the earliest prompted frame to the end, backward from the latest one
     to the start, both = forward then backward from the earliest prompted frame. A frame
-    already yielded is not yielded again.
+    already yielded is not yielded again. ``continuity``: end an object's track where its mask
+    jumps or swells (:mod:`sam2_core.continuity`).
     """
+    from sam2_core.continuity import ContinuityGuard
+
     prompts = as_prompts(prompts)
     plan = passes(prompts, direction)
     apply_prompts(predictor, state, prompts)
     dtype = labels_dtype(max(int(p.object_id) for p in prompts))
     hw = (state.video_height, state.video_width)
     seen: set[int] = set()
+    guard = ContinuityGuard() if continuity else None
     for start, reverse in plan:
+        if guard is not None:
+            guard.reset()
         for f, ids, low in predictor.propagate_low_res(state, start, max_frames, reverse):
+            prompted = prompted_on(state, ids, f)
+            if guard is not None:
+                low = guard.filter_low_res(f, ids, low, prompted)
             if f in seen:
                 continue
             seen.add(f)
-            lab = logits_to_labels(low, ids, hw, dtype, prompted=prompted_on(state, ids, f),
-                                   canvas=predictor.canvas_hw(state))
+            lab = logits_to_labels(low, ids, hw, dtype, prompted=prompted, canvas=predictor.canvas_hw(state))
             yield f, clean_labels(lab, fill_holes, min_size)
 
 
@@ -231,6 +240,7 @@ def track(
     cell_diameter: float | str | None = None,
     windows: bool | None = None,
     stabilize: Any = False,
+    continuity: bool = True,
     info: dict | None = None,
 ) -> Any:
     """Track prompted objects through a stack; returns (T, Y, X) labels of object ids.
@@ -264,6 +274,10 @@ def track(
             the frames are registered by cross-correlation and tracked on a steady canvas; labels
             and prompts stay in each frame's recorded pixels (:mod:`sam2_core.stabilize`). Or a
             (T, 2) drift already measured (:func:`sam2_core.stabilize.estimate_drift`).
+        continuity: end an object's track (no labels for the rest of the pass) where its mask
+            jumps away from its last mask or swells past 4x its first area: the cell left the
+            field, ended in a volume, or the tracker slid onto neighbours
+            (:mod:`sam2_core.continuity`). False: SAM 2's masks as they come.
         info: a dict that receives what was decided: ``scale`` (the frame scale used),
             ``cell_diameter`` (given or estimated; None without one) and
             ``cell_diameter_estimated``.
@@ -309,13 +323,13 @@ def track(
         n = state.num_frames
         labels = ((f, lab, False) for f, lab in track_iter(predictor, state, prompts, direction=direction,
                                                            max_frames=max_frames, fill_holes=fill_holes,
-                                                           min_size=min_size))
+                                                           min_size=min_size, continuity=continuity))
         close = lambda: predictor.close_state(state)  # noqa: E731
     else:
         tracker = TiledTracker(predictor, source, scale=factor, embedding_cache=embedding_cache)
         n = tracker.num_frames
         labels = iter_labels(tracker, prompts, direction=direction, max_frames=max_frames,
-                             fill_holes=fill_holes, min_size=min_size)
+                             fill_holes=fill_holes, min_size=min_size, continuity=continuity)
         close = tracker.close
     if out is None:
         out = np.zeros((n, *recorded_hw), labels_dtype(max(int(p.object_id) for p in prompts)))
@@ -435,6 +449,7 @@ def track_4d(
     speed: str | None = None,
     scale: float | None = None,
     cell_diameter: float | str | None = None,
+    continuity: bool = True,
 ) -> np.ndarray:
     """Track objects in a 3D+t stack (T, Z, Y, X[, C]); returns (T, Z, Y, X) labels.
 
@@ -443,7 +458,8 @@ def track_4d(
     slices. (2) Each z slice is then tracked through time in both directions from t0, with the
     t0 masks as mask prompts. Every (t, z) plane is encoded once per step it takes part in.
     ``speed``, ``scale`` and ``cell_diameter`` are as in :func:`track` (one scale for every step;
-    "auto" measures the diameter once, from the prompts on their slices at t0).
+    "auto" measures the diameter once, from the prompts on their slices at t0); so is
+    ``continuity``, in both steps.
     """
     prompts = as_prompts(prompts)
     times = {int(p.frame) for p in prompts}
@@ -463,8 +479,8 @@ def track_4d(
     decided: dict = {}
     out[t0] = track(stack[t0], z_prompts, model=predictor, direction="both", fill_holes=fill_holes,
                     min_size=min_size, contrast_limits=contrast_limits, scale=scale, cell_diameter=cell_diameter,
-                    info=decided)
-    resized = dict(scale=decided["scale"])  # the same scale through time (not measured again)
+                    continuity=continuity, info=decided)
+    resized = dict(scale=decided["scale"], continuity=continuity)  # the same scale through time (not measured again)
     done = 0
     for z in range(n_z):
         ids = [int(i) for i in np.unique(out[t0, z]) if i]

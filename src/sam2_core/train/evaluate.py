@@ -147,7 +147,21 @@ def leaving_cells(sim: SimulatedMovie, max_objects: int, rng) -> list[int]:
     return out[:max_objects]
 
 
-def _leaving(video_pred, n_movies: int, n_frames: int, size: int, max_objects: int, seed: int):
+def _guard(continuity: bool):
+    from sam2_core.continuity import ContinuityGuard
+
+    return ContinuityGuard() if continuity else None
+
+
+def _checked(guard, f: int, ids, masks):
+    """Masks (N, H, W) with those of tracks the guard ends emptied (no guard: unchanged)."""
+    if guard is None:
+        return masks
+    return [m if guard.check(int(o), m, f, prompted=f == 0) else np.zeros_like(m) for o, m in zip(ids, masks)]
+
+
+def _leaving(video_pred, n_movies: int, n_frames: int, size: int, max_objects: int, seed: int,
+             continuity: bool = False):
     """(absent hits, present hits, number of cells) on movies whose cells drift out of the field."""
     absent, present, n_cells = [], [], 0
     for i in range(n_movies):
@@ -161,10 +175,12 @@ def _leaving(video_pred, n_movies: int, n_frames: int, size: int, max_objects: i
         for cid in cells:
             video_pred.add_new_points_or_box(state, 0, cid, points=P.click_inside(sim.labels[0] == cid, rng, central=True),
                                              labels=[1])
+        guard = _guard(continuity)
         for f, ids, logits in video_pred.propagate_in_video(state):
+            masks = _checked(guard, f, ids, logits[:, 0].numpy() > 0)
             if f == 0:
                 continue
-            for cid, m in zip(ids, logits[:, 0].numpy() > 0):
+            for cid, m in zip(ids, masks):
                 if (sim.labels[f] == cid).any():
                     present.append(float(m.any()))
                 else:
@@ -174,7 +190,8 @@ def _leaving(video_pred, n_movies: int, n_frames: int, size: int, max_objects: i
     return absent, present, n_cells
 
 
-def _volumes(video_pred, n_volumes: int, n_slices: int, size: int, max_objects: int, seed: int):
+def _volumes(video_pred, n_volumes: int, n_slices: int, size: int, max_objects: int, seed: int,
+             continuity: bool = False):
     """(per-nucleus 3-D IoUs, absent hits beyond the nuclei) on held-out simulated volumes."""
     from sam2_core.simulate_volume import simulate_volume
 
@@ -192,9 +209,13 @@ def _volumes(video_pred, n_volumes: int, n_slices: int, size: int, max_objects: 
             video_pred.add_new_points_or_box(state, z, cid, points=P.click_inside(sim.labels[z] == cid, rng, central=True),
                                              labels=[1])
         masks = {c: np.zeros(sim.labels.shape, bool) for c in ids}
+        prompted = {(z, c) for c, z in ((c, int(np.argmax((sim.labels == c).sum((1, 2))))) for c in ids)}
         for reverse in (False, True):  # both ways from the first prompted slice, as track() does
+            guard = _guard(continuity)
             for f, obj_ids, logits in video_pred.propagate_in_video(state, reverse=reverse):
                 for cid, m in zip(obj_ids, logits[:, 0].numpy() > 0):
+                    if guard is not None and not guard.check(cid, m, f, prompted=(f, cid) in prompted):
+                        m = np.zeros_like(m)
                     masks[cid][f] = m
         video_pred.close_state(state)
         for cid in ids:
@@ -210,7 +231,7 @@ def _volumes(video_pred, n_volumes: int, n_slices: int, size: int, max_objects: 
 def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_objects: int = 8,
              seed: int = HELD_OUT_SEED, progress: bool = False, n_leaving: int = 2,
              leaving_seed: int = LEAVING_SEED, n_volumes: int = 2, volume_seed: int = VOLUME_SEED,
-             cell_diameter: bool | str = False) -> Metrics:
+             cell_diameter: bool | str = False, continuity: bool = False) -> Metrics:
     """Measure a model (``SAM2Model``) on ``n_movies`` held-out simulated movies (and the
     object-score accuracy on ``n_leaving`` movies of drifting cells, ``min(n_frames, 30)`` frames,
     and the tracking of nuclei through ``n_volumes`` volumes of 32 slices).
@@ -219,7 +240,9 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
     given the movie's true nucleus diameter (the simulator's mean radius range, doubled), in
     windows (:class:`sam2_core.tiled_track.TiledTracker`); needs the model's preferred diameter.
     ``cell_diameter="auto"``: the same, with each movie's diameter estimated from the clicks on
-    frame 0 as ``track(cell_diameter="auto")`` does (:mod:`sam2_core.diameter`)."""
+    frame 0 as ``track(cell_diameter="auto")`` does (:mod:`sam2_core.diameter`).
+    ``continuity``: every tracked mask passes the continuity guard, as in ``track()``, the widget
+    and the CLI (:mod:`sam2_core.continuity`); False: the model's masks as they come."""
     from sam2_core.predictor.image import SAM2ImagePredictor
     from sam2_core.predictor.video import SAM2VideoPredictor
 
@@ -273,7 +296,7 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         after_div: dict[int, list[float]] = {}
         t0 = time.perf_counter()
         for f, ids, masks in _propagated(video_pred, sim, first, preferred if cell_diameter else None,
-                                         ratios if auto else None):
+                                         ratios if auto else None, continuity):
             for cid, m in zip(ids, masks):
                 truth = np.isin(sim.labels[f], list(families[cid]))
                 if f == 0 and cell_diameter:
@@ -292,11 +315,12 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         if progress:
             print(f"movie {i + 1}/{n_movies}: click IoU {np.median(clicks):.3f}, "
                   f"propagated IoU {np.median(tracked):.3f}", flush=True)
-    gone, shown, n_leaving_cells = _leaving(video_pred, n_leaving, min(n_frames, 30), size, max_objects, leaving_seed)
+    gone, shown, n_leaving_cells = _leaving(video_pred, n_leaving, min(n_frames, 30), size, max_objects, leaving_seed,
+                                            continuity)
     absent += gone
     if progress and n_leaving:
         print(f"leaving cells: {n_leaving_cells}, absent frames {len(gone)}", flush=True)
-    vol_ious, vol_absent = _volumes(video_pred, n_volumes, 32, size, max_objects, volume_seed)
+    vol_ious, vol_absent = _volumes(video_pred, n_volumes, 32, size, max_objects, volume_seed, continuity)
     if progress and n_volumes:
         print(f"volumes: {len(vol_ious)} nuclei", flush=True)
     med = lambda v: float(np.median(v)) if v else float("nan")  # noqa: E731
@@ -312,7 +336,7 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
 
 
 def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], preferred: float | None,
-                ratios: list | None = None):
+                ratios: list | None = None, continuity: bool = False):
     """Yield (frame, object ids, (N, H, W) bool masks) of the clicked cells tracked from frame 0:
     on the whole frame, or (``preferred``) in windows with the cells brought to that diameter,
     from the true diameter or (``ratios`` given: the estimate / truth is appended) the estimate."""
@@ -320,9 +344,10 @@ def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], 
         state = video_pred.init_state(sim.movie)
         for cid, pt in clicks.items():
             video_pred.add_new_points_or_box(state, 0, cid, points=pt, labels=[1])
+        guard = _guard(continuity)
         try:
             for f, ids, logits in video_pred.propagate_in_video(state):
-                yield f, ids, logits[:, 0].numpy() > 0
+                yield f, ids, _checked(guard, f, ids, logits[:, 0].numpy() > 0)
         finally:
             video_pred.close_state(state)
         return
@@ -337,8 +362,13 @@ def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], 
         diameter = estimate_cell_diameter(video_pred, sim.movie, prompts).diameter
         ratios.append(diameter / (lo + hi))
     tracker = TiledTracker(video_pred, sim.movie, scale=preferred / diameter)
+    guard = _guard(continuity)
     try:
         for f, results in tracker.run(prompts, 0):
+            if guard is not None:
+                from sam2_core.tiled_track import guarded
+
+                results = guarded(guard, f, results, tracker.prompted(f))
             yield f, [r.obj_id for r in results], [r.full_mask(tracker.hw) for r in results]
     finally:
         tracker.close()
