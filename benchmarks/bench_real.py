@@ -33,7 +33,9 @@ Printed, for the model:
   absent on slices beyond its end (the object-score head) and present within it. The slices are
   small (61 x 57): the figures are given for the model's own ``max_upscale`` (the bundled model
   enlarges small frames at most 2x and pads the rest), for Meta's way (resized to the input,
-  here 4.2x) and for no enlargement at all (padded: native pixel scale).
+  here 4.2x) and for no enlargement at all (padded: native pixel scale), and for ``track()``'s
+  default with and without the continuity guard (``sam2_core.continuity``; the other rows
+  without it: the model's own object score).
 """
 
 from __future__ import annotations
@@ -105,12 +107,14 @@ def drifting_movie(image: np.ndarray, labels: np.ndarray, n: int, seed: int = 0)
 
 
 def track_ious(model, movie: np.ndarray, labels: np.ndarray, n_objects: int, windows: bool = False,
-               cell_diameter: float | str | None = None, stabilize: bool = False) -> tuple[list[float], float]:
+               cell_diameter: float | str | None = None, stabilize: bool = False,
+               continuity: bool = True) -> tuple[list[float], float]:
     """Per-nucleus mean IoU over frames 1.. and seconds per frame: the frames resized whole to the
     input (``windows=False``), or tracked in windows at the recorded scale, or with the frames
     resized by ``cell_diameter`` (``sam2_core.tiled_track``; "auto": estimated from the clicks,
     the estimate's time included, and printed), or (``stabilize``) as ``track()``
-    does with the stage drift removed (``sam2_core.stabilize``; the drift estimate included)."""
+    does with the stage drift removed (``sam2_core.stabilize``; the drift estimate included;
+    ``continuity`` as in ``track()``)."""
     from sam2_core.predictor.video import SAM2VideoPredictor
     from sam2_core.tiled_track import TiledTracker
     from sam2_core.track import resolve_scale
@@ -134,7 +138,8 @@ def track_ious(model, movie: np.ndarray, labels: np.ndarray, n_objects: int, win
         from sam2_core.track import track
 
         out = track(movie, [dict(frame=0, object_id=c, points=pt, labels=[1]) for c, pt in clicks.items()],
-                    model=pred, direction="forward", stabilize=True, cell_diameter=cell_diameter or 0)
+                    model=pred, direction="forward", stabilize=True, cell_diameter=cell_diameter or 0,
+                    continuity=continuity)
         for f in range(1, len(movie)):
             for c in ids:
                 per[c].append(_iou(out[f] == c, labels[f] == c))
@@ -163,9 +168,11 @@ def track_ious(model, movie: np.ndarray, labels: np.ndarray, n_objects: int, win
     return [float(np.mean(v)) for v in per.values()], sec
 
 
-def volume_scores(model, volume: np.ndarray, labels: np.ndarray, cell_diameter: float | None = 0.0) -> dict[str, float]:
+def volume_scores(model, volume: np.ndarray, labels: np.ndarray, cell_diameter: float | None = 0.0,
+                  continuity: bool = False) -> dict[str, float]:
     """Each nucleus clicked on its largest slice, tracked both ways through z: see the module doc.
-    ``cell_diameter``: as for ``track()`` (0: the recorded scale; None: track()'s default)."""
+    ``cell_diameter`` and ``continuity``: as for ``track()`` (0: the recorded scale; None: track()'s
+    default; the guard off by default here: the model's own object score)."""
     from sam2_core.track import Prompt, track
     from sam2_core.train import prompts as P
     from sam2_core.train.evaluate import _iou
@@ -178,7 +185,8 @@ def volume_scores(model, volume: np.ndarray, labels: np.ndarray, cell_diameter: 
                               labels=[1]))
         key[cid] = z
     t0 = time.perf_counter()
-    out = np.asarray(track(volume, prompts, model=model, direction="both", cell_diameter=cell_diameter))
+    out = np.asarray(track(volume, prompts, model=model, direction="both", cell_diameter=cell_diameter,
+                           continuity=continuity))
     sec = (time.perf_counter() - t0) / len(volume)
     iou3d = [_iou(out == c, labels == c) for c in key]
     iou_slice = [_iou(out[z] == c, labels[z] == c) for c, z in key.items()]
@@ -280,6 +288,10 @@ def main() -> None:
         ious, sec = track_ious(model, movie, mlabels, args.objects, stabilize=True, cell_diameter="auto")
         print(f"  'auto' with the stage drift removed (track(stabilize=True)'s default): median {med(ious):.3f} "
               f"(min {min(ious):.3f}), {sec:.2f} s/frame")
+        ious, sec = track_ious(model, movie, mlabels, args.objects, stabilize=True, cell_diameter="auto",
+                               continuity=False)
+        print(f"  the same without the continuity guard (continuity=False): median {med(ious):.3f} "
+              f"(min {min(ious):.3f}), {sec:.2f} s/frame")
     volume, vlabels = fetch(cache, MEMBERS_3D)
     print(f"real volume {volume.shape} {volume.dtype}, {len(np.unique(vlabels)) - 1} nuclei, each clicked once on its "
           f"largest slice and tracked both ways through z:")
@@ -294,9 +306,11 @@ def main() -> None:
               f"absent beyond the nucleus {v['absent']:.0%} of slices, present within {v['present']:.0%}, "
               f"{v['s_per_slice']:.2f} s/slice")
     model.config = model.config.replace(max_upscale=own)
-    if preferred_diameter(model):
-        v = volume_scores(model, volume, vlabels, cell_diameter=None)
-        print(f"  track()'s default (the cell diameter measured from the clicks): 3-D IoU median {v['iou3d']:.3f}, "
+    for continuity in (False, True):
+        v = volume_scores(model, volume, vlabels, cell_diameter=None, continuity=continuity)
+        how = ("track()'s default (" + ("the cell diameter measured from the clicks, " if preferred_diameter(model)
+                                        else "") + "the continuity guard)") if continuity else "the same without the guard"
+        print(f"  {how}: 3-D IoU median {v['iou3d']:.3f}, "
               f"clicked-slice IoU {v['iou_clicked']:.3f}, absent beyond the nucleus {v['absent']:.0%} of slices, "
               f"present within {v['present']:.0%}, {v['s_per_slice']:.2f} s/slice")
 

@@ -26,6 +26,17 @@ def test_motion_is_kept_and_a_jump_ends_the_track_for_the_rest_of_the_pass():
     assert g.check(2, disc(70, 70), 10)  # other objects are not affected
 
 
+def test_fast_steady_motion_is_kept_by_the_last_step():
+    """A cell that speeds up to 14 px per frame (radius 8: under 10 % of it would lie inside its
+    last mask) is followed: the reference is also the last mask moved on by the last step."""
+    g = ContinuityGuard()
+    x = 10
+    for t, step in enumerate([0, 4, 8, 12, 14, 14, 14]):
+        x += step
+        assert g.check(1, disc(50, x, hw=(100, 200)), t), (t, x)
+    assert not g.check(1, disc(50, x - 14, hw=(100, 200)), 7)  # turning back on itself is not that step
+
+
 def test_a_swell_ends_the_track_and_two_daughters_do_not():
     g = ContinuityGuard()
     assert g.check(1, disc(50, 50, r=8), 0)

@@ -7,7 +7,9 @@ neighbour, or spreads over the neighbours around the place where the cell was. T
 each object's mask along a propagation pass and ends the track (empty masks for the rest of the
 pass) when
 
-- less than ``min_overlap`` of the new mask lies inside the object's last non-empty mask (a jump);
+- less than ``min_overlap`` of the new mask lies inside the object's last non-empty mask, or
+  inside that mask moved on by the object's last step (constant velocity: a cell that moves
+  fast but steadily is kept), a jump;
 - or the mask covers more than ``max_growth`` times its area on the object's first frame of the
   pass (a spread over neighbours; a dividing cell's two daughters stay well under 4x).
 
@@ -39,6 +41,9 @@ class _Track:
     y0: int = 0
     x0: int = 0
     mask: np.ndarray | None = None  # the last non-empty mask, cropped to its box
+    centre: tuple[float, float] | None = None  # its centroid
+    step: tuple[float, float] | None = None  # centroid motion per frame between the last two masks
+    frame: int = 0  # the frame of the last mask
     first_area: int = 0
     ended: bool = False
 
@@ -89,8 +94,15 @@ class ContinuityGuard:
         if box is None:  # absent: nothing to compare; the last mask stays the reference
             return True
         area = int(box[2].sum())
+        ys, xs = np.nonzero(box[2])
+        centre = (box[0] + float(ys.mean()), box[1] + float(xs.mean()))
+        gap = max(1, abs(int(frame) - track.frame))
         if track.mask is not None:
-            jumped = _inside(box, (track.y0, track.x0, track.mask)) < self.min_overlap * area
+            inside = _inside(box, (track.y0, track.x0, track.mask))
+            if track.step is not None and inside < self.min_overlap * area:  # the last step, repeated
+                dy, dx = (int(round(v * gap)) for v in track.step)
+                inside = max(inside, _inside(box, (track.y0 + dy, track.x0 + dx, track.mask)))
+            jumped = inside < self.min_overlap * area
             swelled = track.first_area > 0 and area > self.max_growth * track.first_area
             if jumped or swelled:
                 track.ended = True
@@ -98,7 +110,10 @@ class ContinuityGuard:
                 return False
         if track.first_area == 0:
             track.first_area = area
+        if track.centre is not None:
+            track.step = ((centre[0] - track.centre[0]) / gap, (centre[1] - track.centre[1]) / gap)
         track.y0, track.x0, track.mask = box
+        track.centre, track.frame = centre, int(frame)
         return True
 
     def filter_low_res(self, frame: int, obj_ids, low: torch.Tensor, prompted=None) -> torch.Tensor:
