@@ -75,6 +75,13 @@ def test_offsets_place_window_masks_on_one_grid():
     assert not g.check(1, whole[40:100, 40:100], 2, y0=0, x0=0)  # the same crop placed 40 px away
 
 
+def test_describe_ended():
+    from sam2_core.continuity import describe_ended
+
+    assert describe_ended([(3, 12), (7, 30)]) == "object 3 at frame 12, object 7 at frame 30"
+    assert describe_ended([(i, i) for i in range(10)], most=2) == "object 0 at frame 0, object 1 at frame 1 and 8 more"
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="min_overlap"):
         ContinuityGuard(min_overlap=1.5)
@@ -126,10 +133,12 @@ def test_track_on_whole_frames_ends_a_jumping_track(model, monkeypatch):
 
     monkeypatch.setattr(SAM2VideoPredictor, "propagate_low_res", fake)
     prompts = [Prompt(0, 1, np.array([[30.0, 30.0]]), [1])]
-    on = track(_movie(), prompts, model=model, windows=False, cell_diameter=0)
+    info: dict = {}
+    on = track(_movie(), prompts, model=model, windows=False, cell_diameter=0, info=info)
     off = track(_movie(), prompts, model=model, windows=False, cell_diameter=0, continuity=False)
     assert all((on[f] == 1).any() for f in range(3)) and not (on[3:] == 1).any()
     assert all((off[f] == 1).any() for f in range(6))
+    assert info["ended"] == [(1, 3)]  # reported: object 1 ended on frame 3
 
 
 def test_track_in_windows_ends_a_jumping_track(model, monkeypatch):
@@ -140,8 +149,10 @@ def test_track_in_windows_ends_a_jumping_track(model, monkeypatch):
 
     monkeypatch.setattr(TiledTracker, "run", fake)
     prompts = [Prompt(0, 1, np.array([[30.0, 30.0]]), [1])]
-    on = track(_movie(), prompts, model=model, scale=2.0)
-    off = track(_movie(), prompts, model=model, scale=2.0, continuity=False)
+    info: dict = {}
+    on = track(_movie(), prompts, model=model, scale=2.0, info=info)
+    off = track(_movie(), prompts, model=model, scale=2.0, continuity=False, info=info)
+    assert info["ended"] == []  # the last run had no guard
     assert all((on[f] == 1).any() for f in range(3)) and not (on[3:] == 1).any()
     assert all((off[f] == 1).any() for f in range(6))
 
@@ -207,5 +218,8 @@ def test_the_widget_session_ends_a_jumping_track(model, monkeypatch):
         session.set_stack(movie, StackView(movie.shape, 0))
         session.sync_prompts({(0, 1): (np.array([[30.0, 30.0]]), np.array([1]))})
         results[on] = {f: (lab == 1).any() for f, lab, ids in session.propagate("forward") if ids == [1]}
-    assert results[False] == {f: True for f in range(6)}
+        if on:
+            assert session.ended == [(1, 3)]
+        ended = session.ended
+    assert results[False] == {f: True for f in range(6)} and ended == []
     assert results[True] == {f: f < 3 for f in range(6)}  # ended frames are still reported (labels cleared)

@@ -795,3 +795,39 @@ def test_correct_stage_drift_tracks_on_a_steady_canvas(make_napari_viewer, qtbot
     w.propagate.clicked.emit()
     _wait_idle(qtbot, c, timeout=120_000)
     assert c.session.continuity is False and labels.metadata["napari_sam2"]["continuity"] is False, _errors()
+
+
+def test_ended_tracks_are_named_in_the_status(make_napari_viewer, qtbot, small_checkpoint, movie, monkeypatch):
+    """A track the continuity guard ends is named in the status line after a propagation (the
+    model's masks are replaced by a disc that jumps on frame 3); unticked, nothing ends."""
+    import torch
+
+    from sam2_core.predictor.video import SAM2VideoPredictor
+
+    real = SAM2VideoPredictor.propagate_low_res
+
+    def jumping(self, state, start=None, max_frames=None, reverse=False, obj_ids=None):
+        side = self.model.image_size // 4
+        yy, xx = np.mgrid[:side, :side]
+        for f, ids, _ in real(self, state, start, max_frames, reverse, obj_ids):
+            at = 0.25 if f < 3 else 0.75
+            disc = torch.from_numpy(np.hypot(yy - at * side, xx - at * side) <= side / 10)
+            low = torch.full((len(ids), 1, side, side), -10.0)
+            low[:, 0][:, disc] = 10.0
+            yield f, ids, low
+
+    monkeypatch.setattr(SAM2VideoPredictor, "propagate_low_res", jumping)
+    m, lab = movie
+    viewer, w, c = _movie_session(make_napari_viewer, m, small_checkpoint)
+    _click(c, 0, *_centroid(lab, 0, 1), oid=1)
+    _wait_idle(qtbot, c)
+    w.direction.value = "forward"
+    w.propagate.clicked.emit()
+    _wait_idle(qtbot, c)
+    assert "1 track(s) ended" in w.status.value and "object 1 at frame 3" in w.status.value, (w.status.value, _errors())
+    out = viewer.layers[A.LABELS].data
+    assert (out[:3] == 1).any(axis=(1, 2)).all() and not (out[3:] == 1).any()
+    w.continuity.value = False
+    w.propagate.clicked.emit()
+    _wait_idle(qtbot, c)
+    assert "ended" not in w.status.value and (out := viewer.layers[A.LABELS].data)[3:].max() == 1, w.status.value

@@ -808,7 +808,15 @@ class Controller:
             if tracks and count[0]:
                 self._tracks_layer(labels, view)
             self._restyle_points()
-            self.status_changed(f"propagated {count[0]} frame(s)")
+            ended = session_box[0].ended if session_box else []
+            if ended:
+                from sam2_core.continuity import describe_ended
+
+                self.status_changed(f"propagated {count[0]} frame(s); {len(ended)} track(s) ended where the mask "
+                                    f"jumped or swelled: {describe_ended(ended)} (a click on a later frame "
+                                    "continues one; untick 'End tracks that jump' to keep them)")
+            else:
+                self.status_changed(f"propagated {count[0]} frame(s)")
 
         self._run_generator(gen, on_frame, finished)
 

@@ -107,6 +107,8 @@ class SegmentationSession:
         self._canvas = None  # SteadyCanvas of the current stack (made with the tracker)
         #: end a track where its mask jumps or swells (sam2_core.continuity); False: SAM 2's masks
         self.continuity = True
+        #: (object, frame) where the guard ended a track in the last propagation
+        self.ended: list[tuple[int, int]] = []
         self._prompt_dicts: tuple[dict, dict, dict] = ({}, {}, {})
         self._cleared: set[tuple[int, int]] = set()  # (frame, obj) whose prompts the last sync removed
         self.lock = threading.RLock()
@@ -389,6 +391,7 @@ class SegmentationSession:
             return
         seen: set[int] = set()
         guard = ContinuityGuard() if self.continuity else None
+        self.ended = guard.ended if guard is not None else []
 
         def labels(item):
             f, ids, low = item
@@ -423,6 +426,7 @@ class SegmentationSession:
     def _propagate_windows(self, direction: str, start: int | None, max_frames: int | None,
                            obj_ids: Sequence[int] | None) -> Iterator[tuple[int, np.ndarray, list[int]]]:
         """:meth:`propagate` of a stack tracked in windows (``sam2_core.tiled_track``)."""
+        from sam2_core.continuity import ContinuityGuard
         from sam2_core.tiled_track import iter_results, merge_labels
         from sam2_core.track import labels_dtype
 
@@ -441,9 +445,11 @@ class SegmentationSession:
             lab = self._from_tracker(merge_labels(results, tracker.hw, dtype, tracker.prompted(f)), f)
             return f, lab, sorted(r.obj_id for r in results)
 
+        guard = ContinuityGuard() if self.continuity else None
+        self.ended = guard.ended if guard is not None else []
         yield from self._under_lock(
             iter_results(tracker, prompts, direction=direction, max_frames=max_frames, start=start,
-                         continuity=self.continuity), labels)
+                         continuity=guard or False), labels)
 
     def frames_in(self, direction: str, start: int | None, max_frames: int | None) -> int:
         """How many frames a propagation will yield (for progress bars)."""

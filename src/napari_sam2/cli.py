@@ -192,6 +192,11 @@ def _cmd_track(args: argparse.Namespace) -> int:
     if decided.get("cell_diameter_estimated"):
         print(f"cell diameter estimated from the {'seeds' if args.auto else 'prompts'}: "
               f"{decided['cell_diameter']:.1f} px (frames resized {decided['scale']:.2f}x)")
+    if decided.get("ended"):
+        from sam2_core.continuity import describe_ended
+
+        print(f"the continuity guard ended {len(decided['ended'])} track(s) where the mask jumped or swelled: "
+              f"{describe_ended(decided['ended'])} (--no-continuity keeps them)")
     info = window_provenance(predictor, seen, args.scale, args.cell_diameter, not args.no_windows, decided)
     info.update(stabilize_provenance(drift), continuity=not args.no_continuity)
     _write_labels(out, labels, info)

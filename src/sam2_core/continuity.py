@@ -126,3 +126,17 @@ class ContinuityGuard:
         low = low.clone()
         low[torch.as_tensor([not k for k in keep], device=low.device)] = ENDED
         return low
+
+
+def as_guard(continuity: "bool | ContinuityGuard") -> ContinuityGuard | None:
+    """A caller's ``continuity`` argument: True (a new guard), False (None) or a guard to use
+    (whose ``ended`` list the caller reads afterwards)."""
+    if isinstance(continuity, ContinuityGuard):
+        return continuity
+    return ContinuityGuard() if continuity else None
+
+
+def describe_ended(ended: list[tuple[int, int]], most: int = 8) -> str:
+    """'object 3 at frame 12, object 7 at frame 30' (the first ``most``, then how many more)."""
+    text = ", ".join(f"object {o} at frame {f}" for o, f in ended[:most])
+    return text + (f" and {len(ended) - most} more" if len(ended) > most else "")

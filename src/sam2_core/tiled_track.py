@@ -556,7 +556,7 @@ def merge_labels(results: Sequence[ObjectLogits], hw: tuple[int, int], dtype: np
 
 
 def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: str = "forward",
-                 max_frames: int | None = None, start: int | None = None, continuity: bool = True
+                 max_frames: int | None = None, start: int | None = None, continuity: Any = True
                  ) -> Iterator[tuple[int, list[ObjectLogits], bool]]:
     """Run the passes of a propagation; yield (frame, results, again) with each object at most once
     per frame (``again``: the frame was yielded before, with other objects).
@@ -565,9 +565,10 @@ def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: st
     first prompted after the earliest prompted frame (or after ``start``) are also tracked backward
     from their first prompt to it, so that every object goes both ways from its own prompts.
     ``continuity``: an object whose mask jumps or swells ends there for the rest of the pass (its
-    logits come at :data:`sam2_core.continuity.ENDED`; :mod:`sam2_core.continuity`).
+    logits come at :data:`sam2_core.continuity.ENDED`; :mod:`sam2_core.continuity`; or a
+    ``ContinuityGuard`` to use, whose ``ended`` lists the tracks it ended).
     """
-    from sam2_core.continuity import ContinuityGuard
+    from sam2_core.continuity import as_guard
     from sam2_core.track import as_prompts, passes
 
     prompts = as_prompts(prompts)
@@ -586,7 +587,7 @@ def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: st
             reach = top - lo - 1 if max_frames is None else min(max_frames, top - lo - 1)
             runs.append((top, True, [p for p in prompts if int(p.object_id) in late], reach))
     done: dict[int, set[int]] = {}
-    guard = ContinuityGuard() if continuity else None
+    guard = as_guard(continuity)
     for s, reverse, ps, reach in runs:
         if guard is not None:
             guard.reset()
@@ -615,7 +616,7 @@ def guarded(guard, frame: int, results: Sequence[ObjectLogits], prompted: set[in
 
 def iter_labels(tracker: TiledTracker, prompts: Sequence[Any], *, direction: str = "forward",
                 max_frames: int | None = None, fill_holes: int = 0, min_size: int = 0,
-                continuity: bool = True) -> Iterator[tuple[int, np.ndarray, bool]]:
+                continuity: Any = True) -> Iterator[tuple[int, np.ndarray, bool]]:
     """Yield (frame, (H, W) labels, again) as ``tracker`` goes (:func:`iter_results`; ``again``:
     the labels hold only objects not yet given on that frame, to be merged under the earlier
     ones; ``fill_holes`` / ``min_size`` in recorded pixels)."""

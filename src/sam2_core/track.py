@@ -187,16 +187,17 @@ def track_iter(
     max_frames: int | None = None,
     fill_holes: int = 0,
     min_size: int = 0,
-    continuity: bool = True,
+    continuity: Any = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Apply prompts and yield (frame_idx, (H, W) labels) as tracking goes.
 
     Forward runs from the earliest prompted frame to the end, backward from the latest one
     to the start, both = forward then backward from the earliest prompted frame. A frame
     already yielded is not yielded again. ``continuity``: end an object's track where its mask
-    jumps or swells (:mod:`sam2_core.continuity`).
+    jumps or swells (:mod:`sam2_core.continuity`; or a ``ContinuityGuard`` to use, whose ``ended``
+    lists the tracks it ended).
     """
-    from sam2_core.continuity import ContinuityGuard
+    from sam2_core.continuity import as_guard
 
     prompts = as_prompts(prompts)
     plan = passes(prompts, direction)
@@ -204,7 +205,7 @@ def track_iter(
     dtype = labels_dtype(max(int(p.object_id) for p in prompts))
     hw = (state.video_height, state.video_width)
     seen: set[int] = set()
-    guard = ContinuityGuard() if continuity else None
+    guard = as_guard(continuity)
     for start, reverse in plan:
         if guard is not None:
             guard.reset()
@@ -279,13 +280,16 @@ def track(
             field, ended in a volume, or the tracker slid onto neighbours
             (:mod:`sam2_core.continuity`). False: SAM 2's masks as they come.
         info: a dict that receives what was decided: ``scale`` (the frame scale used),
-            ``cell_diameter`` (given or estimated; None without one) and
-            ``cell_diameter_estimated``.
+            ``cell_diameter`` (given or estimated; None without one),
+            ``cell_diameter_estimated`` and, after tracking, ``ended``: the (object, frame) pairs
+            where the continuity guard ended a track.
     """
+    from sam2_core.continuity import as_guard
     from sam2_core.io.frames import FrameSource
     from sam2_core.tiled_track import TiledTracker, iter_labels, uses_windows
 
     predictor = _as_predictor(model, device, speed)
+    continuity = as_guard(continuity) or False
     prompts = as_prompts(prompts)
     cell_diameter = as_diameter(cell_diameter)
     by_default = (cell_diameter is None and scale is None and windows is not False
@@ -349,6 +353,8 @@ def track(
                 progress(done, total)
     finally:
         close()
+        if info is not None:
+            info["ended"] = list(continuity.ended) if continuity else []
     return out
 
 
