@@ -89,6 +89,14 @@ def main() -> None:
     print(f"tracking {len(objs)} objects on {args.size}x{args.size} frames in windows ({len(tracker.states)} of "
           f"{len(tracker.windows)} encoded at the end): {sec * 1000:.0f} ms/frame median = {1 / sec:.1f} frames/s")
     tracker.close()
+    # the same with the labels made as track() makes them (overlaps resolved, continuity guard)
+    from sam2_core.tiled_track import iter_labels
+
+    tracker = TiledTracker(pred, sim.movie)
+    sec, n = median_step(f for f, _, _ in iter_labels(tracker, prompts))
+    print(f"  the same with labels made as track() does (overlaps resolved, the continuity guard): "
+          f"{sec * 1000:.0f} ms/frame median = {1 / sec:.1f} frames/s")
+    tracker.close()
 
     ip = SAM2ImagePredictor(model)
     enc = []
