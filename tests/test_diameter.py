@@ -121,7 +121,7 @@ def test_track_auto_diameter_reports_what_it_used(bundled, small_nuclei):
     given: dict = {}
     track(sim.movie[:1], prompts[:1], model=bundled, cell_diameter=12.0, info=given)
     assert given == {"scale": pytest.approx(preferred_diameter(bundled.model) / 12.0), "cell_diameter": 12.0,
-                     "cell_diameter_estimated": False}
+                     "cell_diameter_estimated": False, "ended": []}
     with pytest.raises(ValueError, match="not both"):
         track(sim.movie[:1], prompts[:1], model=bundled, cell_diameter="auto", scale=2.0)
 
@@ -155,7 +155,7 @@ def test_track_measures_the_diameter_by_default(bundled, small_nuclei):
         D._segment = lambda *a: {}
         used = {}
         track(sim.movie[:1], prompts[:2], info=used, **kw)
-        assert used == {"scale": 1.0, "cell_diameter": None, "cell_diameter_estimated": False}
+        assert used == {"scale": 1.0, "cell_diameter": None, "cell_diameter_estimated": False, "ended": []}
         with pytest.raises(ValueError, match="came out empty"):
             track(sim.movie[:1], prompts[:2], cell_diameter="auto", **kw)
     finally:
