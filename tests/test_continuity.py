@@ -223,3 +223,33 @@ def test_the_widget_session_ends_a_jumping_track(model, monkeypatch):
         ended = session.ended
     assert results[False] == {f: True for f in range(6)} and ended == []
     assert results[True] == {f: f < 3 for f in range(6)}  # ended frames are still reported (labels cleared)
+
+
+def test_ended_objects_stop_being_tracked_in_windows(model, monkeypatch):
+    """An object the guard ends leaves its window's batch (no more memory attention or decoding
+    for it); it is still reported on later frames, with ended logits, so that labels are cleared."""
+    from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.tiled_track import iter_results
+
+    real = ContinuityGuard.check
+
+    def ends_one_on_frame_two(self, obj_id, mask, frame=-1, **kw):
+        keep = real(self, obj_id, mask, frame, **kw)
+        if obj_id == 1 and frame >= 2 and not kw.get("prompted"):
+            self.tracks[obj_id].ended = True
+            return False
+        return keep
+
+    monkeypatch.setattr(ContinuityGuard, "check", ends_one_on_frame_two)
+    movie = _movie(n=5)
+    tracker = TiledTracker(SAM2VideoPredictor(model), movie, scale=2.0)
+    prompts = [Prompt(0, 1, np.array([[30.0, 30.0]]), [1]), Prompt(0, 2, np.array([[90.0, 90.0]]), [1])]
+    seen = {}
+    for f, results, _ in iter_results(tracker, prompts, direction="forward"):
+        seen[f] = {r.obj_id: r for r in results}
+        if f >= 2:
+            assert 1 not in tracker.home and 2 in tracker.home  # object 1 is out of the batch
+    assert sorted(seen) == list(range(5)) and all(set(v) == {1, 2} for v in seen.values())
+    assert all((seen[f][1].logits == ENDED).all() for f in range(2, 5))
+    assert seen[4][1].logits.shape == (1, 1)  # a placeholder: it was not computed
+    tracker.close()

@@ -568,7 +568,7 @@ def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: st
     logits come at :data:`sam2_core.continuity.ENDED`; :mod:`sam2_core.continuity`; or a
     ``ContinuityGuard`` to use, whose ``ended`` lists the tracks it ended).
     """
-    from sam2_core.continuity import as_guard
+    from sam2_core.continuity import ENDED, as_guard
     from sam2_core.track import as_prompts, passes
 
     prompts = as_prompts(prompts)
@@ -591,9 +591,17 @@ def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: st
     for s, reverse, ps, reach in runs:
         if guard is not None:
             guard.reset()
+        stopped: set[int] = set()  # ended by the guard in this run: no longer tracked
         for f, results in tracker.run(ps, s, reverse, reach):
             if guard is not None:
                 results = guarded(guard, f, results, tracker.prompted(f))
+                stopped -= {r.obj_id for r in results}  # prompted again on this frame
+                for r in results:
+                    if r.obj_id not in stopped and guard.tracks[r.obj_id].ended:
+                        tracker._drop(r.obj_id)  # its memory attention and decoder stop (and an empty window)
+                        stopped.add(r.obj_id)
+                results = results + [ObjectLogits(o, 0, 0, torch.full((1, 1), ENDED)) for o in sorted(stopped)
+                                     if all(r.obj_id != o for r in results)]
             again = f in done
             new = [r for r in results if r.obj_id not in done.get(f, ())]
             if again and not new:
