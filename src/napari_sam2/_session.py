@@ -375,7 +375,6 @@ class SegmentationSession:
         ``direction`` is forward, backward or both (forward, then backward from ``start``).
         Closing the generator stops after the current frame; the state stays valid.
         """
-        from sam2_core.continuity import ContinuityGuard
         from sam2_core.track import labels_dtype, logits_to_labels, prompted_on
 
         if direction not in ("forward", "backward", "both"):
@@ -390,8 +389,7 @@ class SegmentationSession:
             yield from self._propagate_windows(direction, start, max_frames, obj_ids)
             return
         seen: set[int] = set()
-        guard = ContinuityGuard() if self.continuity else None
-        self.ended = guard.ended if guard is not None else []
+        guard = self._new_guard()
 
         def labels(item):
             f, ids, low = item
@@ -426,7 +424,6 @@ class SegmentationSession:
     def _propagate_windows(self, direction: str, start: int | None, max_frames: int | None,
                            obj_ids: Sequence[int] | None) -> Iterator[tuple[int, np.ndarray, list[int]]]:
         """:meth:`propagate` of a stack tracked in windows (``sam2_core.tiled_track``)."""
-        from sam2_core.continuity import ContinuityGuard
         from sam2_core.tiled_track import iter_results, merge_labels
         from sam2_core.track import labels_dtype
 
@@ -445,11 +442,18 @@ class SegmentationSession:
             lab = self._from_tracker(merge_labels(results, tracker.hw, dtype, tracker.prompted(f)), f)
             return f, lab, sorted(r.obj_id for r in results)
 
-        guard = ContinuityGuard() if self.continuity else None
-        self.ended = guard.ended if guard is not None else []
+        guard = self._new_guard()
         yield from self._under_lock(
             iter_results(tracker, prompts, direction=direction, max_frames=max_frames, start=start,
                          continuity=guard or False), labels)
+
+    def _new_guard(self):
+        """A propagation's continuity guard (None when off); :attr:`ended` follows its list."""
+        from sam2_core.continuity import as_guard
+
+        guard = as_guard(self.continuity)
+        self.ended = guard.ended if guard is not None else []
+        return guard
 
     def frames_in(self, direction: str, start: int | None, max_frames: int | None) -> int:
         """How many frames a propagation will yield (for progress bars)."""

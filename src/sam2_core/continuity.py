@@ -116,6 +116,11 @@ class ContinuityGuard:
         track.centre, track.frame = centre, int(frame)
         return True
 
+    def has_ended(self, obj_id: int) -> bool:
+        """Whether the object's track was ended in this pass."""
+        track = self.tracks.get(obj_id)
+        return track is not None and track.ended
+
     def filter_low_res(self, frame: int, obj_ids, low: torch.Tensor, prompted=None) -> torch.Tensor:
         """(N, 1, h, w) logits of one frame -> the same with ended objects' logits at ``ENDED``."""
         masks = (low[:, 0] > 0).cpu().numpy()

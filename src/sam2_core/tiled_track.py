@@ -595,13 +595,13 @@ def iter_results(tracker: TiledTracker, prompts: Sequence[Any], *, direction: st
         for f, results in tracker.run(ps, s, reverse, reach):
             if guard is not None:
                 results = guarded(guard, f, results, tracker.prompted(f))
-                stopped -= {r.obj_id for r in results}  # prompted again on this frame
+                stopped -= {r.obj_id for r in results}  # tracked again: prompted on this frame
+                placeholders = [ObjectLogits(o, 0, 0, torch.full((1, 1), ENDED)) for o in sorted(stopped)]
                 for r in results:
-                    if r.obj_id not in stopped and guard.tracks[r.obj_id].ended:
-                        tracker._drop(r.obj_id)  # its memory attention and decoder stop (and an empty window)
+                    if guard.has_ended(r.obj_id):  # its memory attention and decoding stop (and an empty window)
+                        tracker._drop(r.obj_id)
                         stopped.add(r.obj_id)
-                results = results + [ObjectLogits(o, 0, 0, torch.full((1, 1), ENDED)) for o in sorted(stopped)
-                                     if all(r.obj_id != o for r in results)]
+                results = results + placeholders  # reported, so that their labels are cleared
             again = f in done
             new = [r for r in results if r.obj_id not in done.get(f, ())]
             if again and not new:

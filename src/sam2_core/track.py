@@ -289,7 +289,7 @@ def track(
     from sam2_core.tiled_track import TiledTracker, iter_labels, uses_windows
 
     predictor = _as_predictor(model, device, speed)
-    continuity = as_guard(continuity) or False
+    guard = as_guard(continuity)  # one guard for the whole run: its ``ended`` goes to ``info``
     prompts = as_prompts(prompts)
     cell_diameter = as_diameter(cell_diameter)
     by_default = (cell_diameter is None and scale is None and windows is not False
@@ -327,13 +327,13 @@ def track(
         n = state.num_frames
         labels = ((f, lab, False) for f, lab in track_iter(predictor, state, prompts, direction=direction,
                                                            max_frames=max_frames, fill_holes=fill_holes,
-                                                           min_size=min_size, continuity=continuity))
+                                                           min_size=min_size, continuity=guard or False))
         close = lambda: predictor.close_state(state)  # noqa: E731
     else:
         tracker = TiledTracker(predictor, source, scale=factor, embedding_cache=embedding_cache)
         n = tracker.num_frames
         labels = iter_labels(tracker, prompts, direction=direction, max_frames=max_frames,
-                             fill_holes=fill_holes, min_size=min_size, continuity=continuity)
+                             fill_holes=fill_holes, min_size=min_size, continuity=guard or False)
         close = tracker.close
     if out is None:
         out = np.zeros((n, *recorded_hw), labels_dtype(max(int(p.object_id) for p in prompts)))
@@ -354,7 +354,7 @@ def track(
     finally:
         close()
         if info is not None:
-            info["ended"] = list(continuity.ended) if continuity else []
+            info["ended"] = list(guard.ended) if guard is not None else []
     return out
 
 

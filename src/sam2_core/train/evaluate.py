@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sam2_core.continuity import as_guard
 from sam2_core.simulate_cells import SimulatedMovie, simulate_cells
 from sam2_core.train import prompts as P
 
@@ -147,17 +148,13 @@ def leaving_cells(sim: SimulatedMovie, max_objects: int, rng) -> list[int]:
     return out[:max_objects]
 
 
-def _guard(continuity: bool):
-    from sam2_core.continuity import ContinuityGuard
-
-    return ContinuityGuard() if continuity else None
-
-
-def _checked(guard, f: int, ids, masks):
-    """Masks (N, H, W) with those of tracks the guard ends emptied (no guard: unchanged)."""
+def _checked(guard, f: int, ids, masks, prompted=None):
+    """Masks (N, H, W) with those of tracks the guard ends emptied (no guard: unchanged).
+    ``prompted``: the objects prompted on frame ``f`` (None: all of them on frame 0)."""
     if guard is None:
         return masks
-    return [m if guard.check(int(o), m, f, prompted=f == 0) else np.zeros_like(m) for o, m in zip(ids, masks)]
+    prompted = (set(ids) if f == 0 else set()) if prompted is None else prompted
+    return [m if guard.check(int(o), m, f, prompted=o in prompted) else np.zeros_like(m) for o, m in zip(ids, masks)]
 
 
 def _leaving(video_pred, n_movies: int, n_frames: int, size: int, max_objects: int, seed: int,
@@ -175,7 +172,7 @@ def _leaving(video_pred, n_movies: int, n_frames: int, size: int, max_objects: i
         for cid in cells:
             video_pred.add_new_points_or_box(state, 0, cid, points=P.click_inside(sim.labels[0] == cid, rng, central=True),
                                              labels=[1])
-        guard = _guard(continuity)
+        guard = as_guard(continuity)
         for f, ids, logits in video_pred.propagate_in_video(state):
             masks = _checked(guard, f, ids, logits[:, 0].numpy() > 0)
             if f == 0:
@@ -204,18 +201,17 @@ def _volumes(video_pred, n_volumes: int, n_slices: int, size: int, max_objects: 
         if not ids:
             continue
         state = video_pred.init_state(sim.movie)
+        clicked = {}  # nucleus -> its prompted (largest) slice
         for cid in ids:
-            z = int(np.argmax((sim.labels == cid).sum((1, 2))))
+            z = clicked[cid] = int(np.argmax((sim.labels == cid).sum((1, 2))))
             video_pred.add_new_points_or_box(state, z, cid, points=P.click_inside(sim.labels[z] == cid, rng, central=True),
                                              labels=[1])
         masks = {c: np.zeros(sim.labels.shape, bool) for c in ids}
-        prompted = {(z, c) for c, z in ((c, int(np.argmax((sim.labels == c).sum((1, 2))))) for c in ids)}
         for reverse in (False, True):  # both ways from the first prompted slice, as track() does
-            guard = _guard(continuity)
+            guard = as_guard(continuity)
             for f, obj_ids, logits in video_pred.propagate_in_video(state, reverse=reverse):
-                for cid, m in zip(obj_ids, logits[:, 0].numpy() > 0):
-                    if guard is not None and not guard.check(cid, m, f, prompted=(f, cid) in prompted):
-                        m = np.zeros_like(m)
+                here = {c for c in obj_ids if clicked[c] == f}
+                for cid, m in zip(obj_ids, _checked(guard, f, obj_ids, logits[:, 0].numpy() > 0, here)):
                     masks[cid][f] = m
         video_pred.close_state(state)
         for cid in ids:
@@ -344,7 +340,7 @@ def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], 
         state = video_pred.init_state(sim.movie)
         for cid, pt in clicks.items():
             video_pred.add_new_points_or_box(state, 0, cid, points=pt, labels=[1])
-        guard = _guard(continuity)
+        guard = as_guard(continuity)
         try:
             for f, ids, logits in video_pred.propagate_in_video(state):
                 yield f, ids, _checked(guard, f, ids, logits[:, 0].numpy() > 0)
@@ -362,7 +358,7 @@ def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], 
         diameter = estimate_cell_diameter(video_pred, sim.movie, prompts).diameter
         ratios.append(diameter / (lo + hi))
     tracker = TiledTracker(video_pred, sim.movie, scale=preferred / diameter)
-    guard = _guard(continuity)
+    guard = as_guard(continuity)
     try:
         for f, results in tracker.run(prompts, 0):
             if guard is not None:
