@@ -124,7 +124,7 @@ def model():
 def test_track_on_whole_frames_ends_a_jumping_track(model, monkeypatch):
     from sam2_core.predictor.video import SAM2VideoPredictor
 
-    def fake(self, state, start=None, max_frames=None, reverse=False, obj_ids=None):
+    def fake(self, state, start=None, max_frames=None, reverse=False, obj_ids=None, skip=None):
         side = self.model.image_size // 4
         for f in range(state.num_frames):
             low = torch.full((1, 1, side, side), -10.0)
@@ -202,9 +202,9 @@ def test_the_widget_session_ends_a_jumping_track(model, monkeypatch):
 
     real = SAM2VideoPredictor.propagate_low_res
 
-    def fake(self, state, start=None, max_frames=None, reverse=False, obj_ids=None):
+    def fake(self, state, start=None, max_frames=None, reverse=False, obj_ids=None, skip=None):
         side = self.model.image_size // 4
-        for f, ids, _ in real(self, state, start, max_frames, reverse, obj_ids):
+        for f, ids, _ in real(self, state, start, max_frames, reverse, obj_ids, skip=skip):
             low = torch.full((len(ids), 1, side, side), -10.0)
             low[:, 0][:, torch.from_numpy(_jumping(f, (side, side)))] = 10.0
             yield f, ids, low
@@ -253,3 +253,46 @@ def test_ended_objects_stop_being_tracked_in_windows(model, monkeypatch):
     assert all((seen[f][1].logits == ENDED).all() for f in range(2, 5))
     assert seen[4][1].logits.shape == (1, 1)  # a placeholder: it was not computed
     tracker.close()
+
+
+def test_ended_objects_stop_being_tracked_on_whole_frames(model, monkeypatch):
+    """On whole frames an object the guard ends is no longer computed either (the predictor's
+    ``skip``): no memory attention or decoding for it, no-object logits, so its labels stay empty;
+    a prompt on a later frame tracks it again, without memory from before its end."""
+    from sam2_core.predictor.video import SAM2VideoPredictor
+    from sam2_core.track import track_iter
+
+    real_check, real_step = ContinuityGuard.check, SAM2VideoPredictor._step
+    stepped: dict[int, list[int]] = {}
+
+    def ends_one_on_frame_two(self, obj_id, mask, frame=-1, **kw):
+        keep = real_check(self, obj_id, mask, frame, **kw)
+        if obj_id == 1 and frame == 2 and not kw.get("prompted"):
+            self.tracks[obj_id].ended = True
+            self.ended.append((obj_id, frame))
+            return False
+        return keep
+
+    def step(self, state, feats, objs, f, *args, **kw):
+        stepped.setdefault(f, []).extend(o.obj_id for o in objs)
+        return real_step(self, state, feats, objs, f, *args, **kw)
+
+    monkeypatch.setattr(ContinuityGuard, "check", ends_one_on_frame_two)
+    monkeypatch.setattr(SAM2VideoPredictor, "_step", step)
+    predictor = SAM2VideoPredictor(model)
+    state = predictor.init_state(_movie(n=7))
+    prompts = [Prompt(0, 1, np.array([[30.0, 30.0]]), [1]), Prompt(0, 2, np.array([[90.0, 90.0]]), [1]),
+               Prompt(5, 1, np.array([[30.0, 30.0]]), [1])]
+    guard = ContinuityGuard()
+    labels = dict(track_iter(predictor, state, prompts, continuity=guard))
+    assert sorted(labels) == list(range(7)) and guard.ended == [(1, 2)]
+    assert stepped[1] == [1, 2] and stepped[2] == [1, 2]  # tracked up to the frame it ended on
+    assert stepped[3] == [2] and stepped[4] == [2]  # then out of the batch
+    assert stepped[6] == [1, 2]  # the prompt on frame 5 brought it back
+    assert all(not (labels[f] == 1).any() for f in (2, 3, 4)) and (labels[5] == 1).any()
+    obj = state.objects[1]
+    assert 3 not in obj.tracked and 4 not in obj.tracked and 3 not in obj.non_cond
+    # Meta's propagation (no skip) still computes every object
+    stepped.clear()
+    list(predictor.propagate_in_video(state, 0))
+    assert all(ids == [1, 2] for f, ids in stepped.items() if f not in (0, 5))

@@ -806,10 +806,10 @@ def test_ended_tracks_are_named_in_the_status(make_napari_viewer, qtbot, small_c
 
     real = SAM2VideoPredictor.propagate_low_res
 
-    def jumping(self, state, start=None, max_frames=None, reverse=False, obj_ids=None):
+    def jumping(self, state, start=None, max_frames=None, reverse=False, obj_ids=None, skip=None):
         side = self.model.image_size // 4
         yy, xx = np.mgrid[:side, :side]
-        for f, ids, _ in real(self, state, start, max_frames, reverse, obj_ids):
+        for f, ids, _ in real(self, state, start, max_frames, reverse, obj_ids, skip=skip):
             at = 0.25 if f < 3 else 0.75
             disc = torch.from_numpy(np.hypot(yy - at * side, xx - at * side) <= side / 10)
             low = torch.full((len(ids), 1, side, side), -10.0)

@@ -406,7 +406,8 @@ class SegmentationSession:
             if guard is not None:
                 guard.reset()
             yield from self._under_lock(
-                self.predictor.propagate_low_res(self.state, start, max_frames, reverse, obj_ids), labels)
+                self.predictor.propagate_low_res(self.state, start, max_frames, reverse, obj_ids,
+                                                 skip=guard.has_ended if guard is not None else None), labels)
 
     def _under_lock(self, gen: Iterator, convert) -> Iterator:
         """``convert(item)`` for each item of ``gen``, both done under the session lock (clicks from

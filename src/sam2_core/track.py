@@ -209,7 +209,8 @@ def track_iter(
     for start, reverse in plan:
         if guard is not None:
             guard.reset()
-        for f, ids, low in predictor.propagate_low_res(state, start, max_frames, reverse):
+        skip = guard.has_ended if guard is not None else None  # ended objects are no longer computed
+        for f, ids, low in predictor.propagate_low_res(state, start, max_frames, reverse, skip=skip):
             prompted = prompted_on(state, ids, f)
             if guard is not None:
                 low = guard.filter_low_res(f, ids, low, prompted)

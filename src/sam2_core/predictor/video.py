@@ -11,7 +11,7 @@ later propagation never overwrites them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -464,8 +464,13 @@ class SAM2VideoPredictor:
     @torch.inference_mode()
     def propagate_low_res(self, state: VideoState, start_frame_idx: int | None = None,
                           max_frame_num_to_track: int | None = None, reverse: bool = False,
-                          obj_ids: Sequence[int] | None = None):
-        """Like :meth:`propagate_in_video`, yielding low-res logits (N, 1, S/4, S/4) instead."""
+                          obj_ids: Sequence[int] | None = None, skip: Callable[[int], bool] | None = None):
+        """Like :meth:`propagate_in_video`, yielding low-res logits (N, 1, S/4, S/4) instead.
+
+        ``skip(obj_id)``, asked on each frame (ours; the continuity guard's ``has_ended``): an
+        object it is true for is not tracked on a frame it has no prompt on. No memory attention,
+        decoding or memory for it there; its logits are ``NO_OBJ_SCORE`` and any earlier result on
+        that frame is forgotten. A prompted frame tracks it again."""
         self.propagate_in_video_preflight(state)
         if obj_ids is not None:
             unknown = [i for i in obj_ids if int(i) not in state.objects]
@@ -477,7 +482,7 @@ class SAM2VideoPredictor:
         order = self.frame_order(state, start_frame_idx, max_frame_num_to_track, reverse)
         for i, f in enumerate(order):
             state.features.prefetch(order[i + 1 : i + 1 + self.read_ahead])
-            yield f, [o.obj_id for o in chosen], self._propagate_frame(state, chosen, f, reverse)
+            yield f, [o.obj_id for o in chosen], self._propagate_frame(state, chosen, f, reverse, skip)
 
     @torch.inference_mode()
     def track_step(self, state: VideoState, frame_idx: int, reverse: bool = False
@@ -524,25 +529,40 @@ class SAM2VideoPredictor:
             out.append(([o.obj_id for o in objs], self._finish_frame(st, objs, f, reverse)))
         return out
 
-    def _propagate_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> torch.Tensor:
-        """Track the objects not prompted on frame f; every object's low-res logits on f."""
+    def _propagate_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool,
+                         skip: Callable[[int], bool] | None = None) -> torch.Tensor:
+        """Track the objects not prompted on frame f (nor skipped); every object's low-res logits on f."""
         for o in objs:
             self._drop_stale_keyframes(o, f, reverse)
         to_track = [o for o in objs if f not in o.cond]
+        skipped = {o.obj_id for o in to_track if skip is not None and skip(o.obj_id)}
+        for o in to_track:
+            if o.obj_id in skipped:  # an old result here must not become its memory after a prompt
+                o.non_cond.pop(f, None)
+                o.tracked.pop(f, None)
+        to_track = [o for o in to_track if o.obj_id not in skipped]
         if to_track and self.batch_objects:
             self._track_frame(state, to_track, f, reverse)
         else:
             for o in to_track:
                 self._track_frame(state, [o], f, reverse)
-        return self._finish_frame(state, objs, f, reverse)
+        return self._finish_frame(state, objs, f, reverse, skipped)
 
-    def _finish_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool) -> torch.Tensor:
-        """Mark frame f tracked, forget what memory can no longer use; the objects' logits on f."""
+    def _finish_frame(self, state: VideoState, objs: list[ObjectState], f: int, reverse: bool,
+                      skipped: Collection[int] = ()) -> torch.Tensor:
+        """Mark frame f tracked, forget what memory can no longer use; the objects' logits on f
+        (``NO_OBJ_SCORE`` for skipped objects)."""
+        rows = []
         for o in objs:
+            if o.obj_id in skipped:
+                side = self.image_size // 4
+                rows.append(torch.full((1, 1, side, side), NO_OBJ_SCORE, device=state.device))
+                continue
             o.tracked[f] = reverse
             self._refresh(o, f, reverse)
             self._evict(o, f, reverse)
-        return torch.cat([o.output(f).pred_masks.to(state.device) for o in objs])
+            rows.append(o.output(f).pred_masks.to(state.device))
+        return torch.cat(rows)
 
     def _encode_prompt_memory(self, state: VideoState, obj: ObjectState, f: int, out: FrameOutput) -> None:
         """Memory of a prompt result, encoded on the whole grid; fast mode keeps its window."""
