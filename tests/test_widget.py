@@ -62,7 +62,12 @@ def _click(controller, t, y, x, oid=None, positive=True):
 
 
 def _wait_idle(qtbot, c, timeout=60_000):
+    from qtpy.QtCore import QThreadPool
+
     qtbot.waitUntil(lambda: not c.busy, timeout=timeout)
+    # the worker's thread emits "finished" after the controller is idle: a viewer closed before
+    # that deletes the signals under it and Qt aborts the whole test process
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=timeout)
 
 
 def _errors():
@@ -322,6 +327,18 @@ def test_propagate_while_prefetching_is_queued(make_napari_viewer, qtbot, small_
     labels = viewer.layers[A.LABELS]
     assert all((labels.data[t] == 1).any() for t in range(len(m))), _errors()
     assert len(_errors()) == n0
+
+
+def test_removing_the_image_starts_no_prefetch(make_napari_viewer, qtbot, small_checkpoint, movie):
+    """Removing the tracked image (as closing the viewer does) changes the dims but starts no
+    background embedding: such a worker outlived the viewer's Qt objects and aborted the process."""
+    m, lab = movie
+    viewer, w, c = _movie_session(make_napari_viewer, m, small_checkpoint)
+    _click(c, 0, *_centroid(lab, 0, 1), oid=1)
+    _wait_idle(qtbot, c)
+    for layer in list(viewer.layers):
+        viewer.layers.remove(layer)
+    assert viewer.dims.ndim == 2 and c.worker is None
 
 
 def test_download_uses_napari_progress_and_offline_message(make_napari_viewer, qtbot, movie, monkeypatch):

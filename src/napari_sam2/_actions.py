@@ -505,8 +505,8 @@ class Controller:
 
     def _on_step(self, event=None) -> None:
         """Start computing the shown frame's embedding in the background."""
-        if self._closed:
-            return
+        if self._closed or self.image_layer is None or self.image_layer not in self.viewer.layers:
+            return  # no image shown (its layer removed, or the viewer closing): nothing to prefetch
         view = self._view()
         session = self.session
         if view is None or session is None or session.state is None or self.busy:

@@ -469,8 +469,9 @@ class SAM2VideoPredictor:
 
         ``skip(obj_id)``, asked on each frame (ours; the continuity guard's ``has_ended``): an
         object it is true for is not tracked on a frame it has no prompt on. No memory attention,
-        decoding or memory for it there; its logits are ``NO_OBJ_SCORE`` and any earlier result on
-        that frame is forgotten. A prompted frame tracks it again."""
+        decoding or memory for it there; its logits are ``NO_OBJ_SCORE``. Any earlier result on
+        that frame is forgotten, and so is its tracked result on the frame before (where its track
+        ended), so that neither becomes memory after a later prompt tracks it again."""
         self.propagate_in_video_preflight(state)
         if obj_ids is not None:
             unknown = [i for i in obj_ids if int(i) not in state.objects]
@@ -536,10 +537,12 @@ class SAM2VideoPredictor:
             self._drop_stale_keyframes(o, f, reverse)
         to_track = [o for o in objs if f not in o.cond]
         skipped = {o.obj_id for o in to_track if skip is not None and skip(o.obj_id)}
+        behind = f + 1 if reverse else f - 1  # the frame before f in the direction of travel
         for o in to_track:
-            if o.obj_id in skipped:  # an old result here must not become its memory after a prompt
-                o.non_cond.pop(f, None)
-                o.tracked.pop(f, None)
+            if o.obj_id in skipped:  # neither an old result here nor the result its track ended on
+                for t in (f, behind):  # may become its memory after a later prompt
+                    o.non_cond.pop(t, None)
+                    o.tracked.pop(t, None)
         to_track = [o for o in to_track if o.obj_id not in skipped]
         if to_track and self.batch_objects:
             self._track_frame(state, to_track, f, reverse)
