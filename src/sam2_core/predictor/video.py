@@ -540,9 +540,10 @@ class SAM2VideoPredictor:
         behind = f + 1 if reverse else f - 1  # the frame before f in the direction of travel
         for o in to_track:
             if o.obj_id in skipped:  # neither an old result here nor the result its track ended on
-                for t in (f, behind):  # may become its memory after a later prompt
-                    o.non_cond.pop(t, None)
-                    o.tracked.pop(t, None)
+                o.non_cond.pop(f, None)  # may become its memory after a later prompt
+                o.tracked.pop(f, None)
+                if o.non_cond.pop(behind, None) is not None:  # (a prompted frame stays)
+                    o.tracked.pop(behind, None)
         to_track = [o for o in to_track if o.obj_id not in skipped]
         if to_track and self.batch_objects:
             self._track_frame(state, to_track, f, reverse)
