@@ -347,7 +347,7 @@ def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], 
         finally:
             video_pred.close_state(state)
         return
-    from sam2_core.tiled_track import TiledTracker
+    from sam2_core.tiled_track import TiledTracker, iter_results
 
     lo, hi = sim.params["radius"]
     prompts = [dict(frame=0, object_id=cid, points=pt, labels=[1]) for cid, pt in clicks.items()]
@@ -358,13 +358,8 @@ def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], 
         diameter = estimate_cell_diameter(video_pred, sim.movie, prompts).diameter
         ratios.append(diameter / (lo + hi))
     tracker = TiledTracker(video_pred, sim.movie, scale=preferred / diameter)
-    guard = as_guard(continuity)
-    try:
-        for f, results in tracker.run(prompts, 0):
-            if guard is not None:
-                from sam2_core.tiled_track import guarded
-
-                results = guarded(guard, f, results, tracker.prompted(f))
+    try:  # as track() runs it: ended objects leave the batch (reported empty)
+        for f, results, _ in iter_results(tracker, prompts, direction="forward", continuity=continuity):
             yield f, [r.obj_id for r in results], [r.full_mask(tracker.hw) for r in results]
     finally:
         tracker.close()
