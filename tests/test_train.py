@@ -201,6 +201,9 @@ def test_evaluate_runs_on_any_model():
     assert m.n_click_objects > 0 and m.n_tracked_objects > 0 and m.seconds_per_frame > 0
     assert m.best_of_three_click_iou == m.single_click_iou  # Meta's config: the default is the best of three
     assert np.isnan(m.propagated_iou_lo) and np.isnan(m.single_click_iou_hi)  # one movie: no interval
+    # no tracked cell divides in these 3 frames: the undivided median is the propagated one
+    assert m.n_divided == 0 and m.n_undivided == m.n_tracked_objects
+    assert m.propagated_iou_undivided == m.propagated_iou
     torch.manual_seed(0)
     single = evaluate(SAM2Model(TINY.replace(multimask_output_in_sam=False)).eval(), n_movies=1, n_frames=3,
                       size=64, max_objects=2, n_leaving=0, n_volumes=0)

@@ -16,6 +16,8 @@
   side: the fraction of frames, while such a cell is still in the field, on which its mask is
   not empty;
 - division: median per-object IoU over the frames after the object divided;
+  ``propagated_iou_undivided`` is the propagated median over the tracked cells that do not
+  divide in the movie (a diagnostic of where the propagated figure goes; goals use all cells);
 - volumes (``n_volumes`` held-out :func:`~sam2_core.simulate_volume.simulate_volume` stacks,
   slices as frames): each nucleus that ends inside the stack clicked once on its largest slice
   and tracked both ways through z; ``volume_iou`` is the median per-nucleus 3-D IoU and
@@ -79,6 +81,10 @@ class Metrics:
     click_iou_scaled: float = float("nan")
     click_iou_scaled_lo: float = float("nan")
     click_iou_scaled_hi: float = float("nan")
+    # the propagated median over the tracked cells that do not divide within the movie (a
+    # diagnostic: the goal is judged on ``propagated_iou``, which counts every tracked cell)
+    propagated_iou_undivided: float = float("nan")
+    n_undivided: int = 0
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -250,7 +256,7 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
     if cell_diameter and preferred is None:
         raise ValueError("cell_diameter=True needs a model that stores its preferred cell diameter "
                          "(recommended['cell_diameter'])")
-    clicks, clicks3, tracked, absent, divided = [], [], [], [], []
+    clicks, clicks3, tracked, absent, divided, undivided = [], [], [], [], [], []
     click_groups, tracked_groups = [], []  # per movie, for the intervals
     clicked_frame = []  # IoU on frame 0 of the tracked cells (reported with cell_diameter)
     scaled_groups: list[list[float]] = []  # per movie, every click in windows at the diameter
@@ -307,6 +313,7 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         seconds += time.perf_counter() - t0
         tracked_groups.append([float(np.mean(v)) for v in per_obj.values() if v])
         tracked += tracked_groups[-1]
+        undivided += [float(np.mean(v)) for c, v in per_obj.items() if v and len(families[c]) == 1]
         divided += [float(np.mean(v)) for v in after_div.values()]
         if progress:
             print(f"movie {i + 1}/{n_movies}: click IoU {np.median(clicks):.3f}, "
@@ -328,7 +335,8 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
                    *median_interval(click_groups), *median_interval(tracked_groups),
                    med(clicked_frame) if cell_diameter else float("nan"), med(ratios),
                    med(sum(scaled_groups, [])),
-                   *(median_interval(scaled_groups) if scaled_groups else (float("nan"),) * 2))
+                   *(median_interval(scaled_groups) if scaled_groups else (float("nan"),) * 2),
+                   med(undivided), len(undivided))
 
 
 def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], preferred: float | None,
