@@ -254,6 +254,47 @@ def test_drifting_cells_leave_the_field_and_are_scored():
     assert 0 <= m.absent_accuracy <= 1 and (np.isnan(m.present_accuracy) or 0 <= m.present_accuracy <= 1)
 
 
+def test_leaving_cells_on_a_neighbour_count_as_present_not_on_the_cell(monkeypatch):
+    """``present_on_cell`` tells a mask on the cell from one that slid onto a neighbour."""
+    import sam2_core.train.evaluate as E
+
+    sims = []
+    real = E.simulate_cells
+    monkeypatch.setattr(E, "simulate_cells", lambda *a, **k: sims.append(real(*a, **k)) or sims[-1])
+
+    class Fake:  # the masks of a chosen cell: the truth, or the cell's largest neighbour
+        def __init__(self, neighbour: bool):
+            self.neighbour = neighbour
+
+        def init_state(self, movie):
+            return {"ids": []}
+
+        def add_new_points_or_box(self, state, frame, obj_id, **kw):
+            state["ids"].append(obj_id)
+
+        def propagate_in_video(self, state):
+            labels = sims[-1].labels
+            for f in range(labels.shape[0]):
+                out = []
+                for c in state["ids"]:
+                    if self.neighbour:
+                        others, n = np.unique(labels[f][(labels[f] > 0) & (labels[f] != c)], return_counts=True)
+                        m = labels[f] == others[np.argmax(n)] if n.size else np.zeros(labels[f].shape, bool)
+                    else:
+                        m = labels[f] == c
+                    out.append(np.where(m, 1.0, -1.0)[None])
+                yield f, state["ids"], torch.from_numpy(np.stack(out))
+
+        def close_state(self, state):
+            pass
+
+    gone, shown, on_cell, n = E._leaving(Fake(False), 4, 12, 128, 3, 11_000)
+    assert n > 0 and shown and np.mean(shown) == 1.0 and np.mean(on_cell) == 1.0 and np.mean(gone) == 1.0
+    gone, shown, on_cell, n = E._leaving(Fake(True), 4, 12, 128, 3, 11_000)
+    assert np.mean(shown) > 0.9 and np.mean(on_cell) == 0.0  # present, but on a neighbour
+    assert np.mean(gone) < 0.1  # and still there after the cell left
+
+
 def test_simulated_volume_nuclei_end_in_place():
     """A volume's nuclei span a few slices and end inside the stack; the pool mixes volumes in on
     request and draws exactly the old movies without; evaluate scores tracking through z."""

@@ -14,7 +14,8 @@
   out of the field (``simulate_cells(drift=...)``, 2-3 px per frame in a random direction):
   each cell of frame 0 that leaves is clicked and tracked. ``present_accuracy`` is the other
   side: the fraction of frames, while such a cell is still in the field, on which its mask is
-  not empty;
+  not empty; ``present_on_cell`` the stricter fraction on which at least half of the mask lies
+  on that cell (a mask that slid onto a neighbour counts as present, not as on the cell);
 - division: median per-object IoU over the frames after the object divided;
   ``propagated_iou_undivided`` is the propagated median over the tracked cells that do not
   divide in the movie (a diagnostic of where the propagated figure goes; goals use all cells);
@@ -85,6 +86,8 @@ class Metrics:
     # diagnostic: the goal is judged on ``propagated_iou``, which counts every tracked cell)
     propagated_iou_undivided: float = float("nan")
     n_undivided: int = 0
+    # leaving cells: fraction of their in-field frames with at least half of the mask on the cell
+    present_on_cell: float = float("nan")
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -165,8 +168,9 @@ def _checked(guard, f: int, ids, masks, prompted=None):
 
 def _leaving(video_pred, n_movies: int, n_frames: int, size: int, max_objects: int, seed: int,
              continuity: bool = False):
-    """(absent hits, present hits, number of cells) on movies whose cells drift out of the field."""
-    absent, present, n_cells = [], [], 0
+    """(absent hits, present hits, on-cell hits, number of cells) on movies whose cells drift out
+    of the field."""
+    absent, present, on_cell, n_cells = [], [], [], 0
     for i in range(n_movies):
         rng = np.random.default_rng(seed + i)
         angle, speed = rng.uniform(0, 2 * np.pi), rng.uniform(2.0, 3.0)
@@ -184,13 +188,15 @@ def _leaving(video_pred, n_movies: int, n_frames: int, size: int, max_objects: i
             if f == 0:
                 continue
             for cid, m in zip(ids, masks):
-                if (sim.labels[f] == cid).any():
+                truth = sim.labels[f] == cid
+                if truth.any():
                     present.append(float(m.any()))
+                    on_cell.append(float(m.any() and 2 * (m & truth).sum() >= m.sum()))
                 else:
                     absent.append(float(not m.any()))
         video_pred.close_state(state)
         n_cells += len(cells)
-    return absent, present, n_cells
+    return absent, present, on_cell, n_cells
 
 
 def _volumes(video_pred, n_volumes: int, n_slices: int, size: int, max_objects: int, seed: int,
@@ -318,7 +324,7 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         if progress:
             print(f"movie {i + 1}/{n_movies}: click IoU {np.median(clicks):.3f}, "
                   f"propagated IoU {np.median(tracked):.3f}", flush=True)
-    gone, shown, n_leaving_cells = _leaving(video_pred, n_leaving, min(n_frames, 30), size, max_objects, leaving_seed,
+    gone, shown, on_cell, n_leaving_cells = _leaving(video_pred, n_leaving, min(n_frames, 30), size, max_objects, leaving_seed,
                                             continuity)
     absent += gone
     if progress and n_leaving:
@@ -336,7 +342,7 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
                    med(clicked_frame) if cell_diameter else float("nan"), med(ratios),
                    med(sum(scaled_groups, [])),
                    *(median_interval(scaled_groups) if scaled_groups else (float("nan"),) * 2),
-                   med(undivided), len(undivided))
+                   med(undivided), len(undivided), mean(on_cell))
 
 
 def _propagated(video_pred, sim: SimulatedMovie, clicks: dict[int, np.ndarray], preferred: float | None,
