@@ -99,6 +99,13 @@ PHASE_L = replace(PHASE_F, seed=36, prob_single=0.5)
 #: ``export_bundled(OUT, DEST, usage=...)`` with the fourth version's cell diameter and refresh
 #: settings. Model card: "Run N".
 PHASE_N = replace(PHASE_F, steps=1000, lr=8e-5, seed=38, prob_single=0.5)
+#: Phase S (tried 2026-12-07, NOT shipped: model card, "Run S"): N's data with 10-frame clips whose
+#: memory is read as the predictor's keyframe refresh builds it, from the fifth version:
+#: ``train_phase_c(None, OUT, PHASE_S, until=800, seed=61, movie_len=PHASE_D_MOVIE_LEN,
+#: renew_every=16, config=DEFAULT_CONFIG, enlarged=0.5, drift=0.3)``. Held-out propagated IoU
+#: 0.698 -> 0.722, but cells leaving the field were let go less often, volumes and the real
+#: pseudo time-lapse lost.
+PHASE_S = replace(PHASE_N, steps=800, lr=5e-5, seed=60, clip_len=10, refresh_every=4)
 
 
 def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = PHASE_C, until: int | None = None,
