@@ -324,8 +324,8 @@ def evaluate(model, n_movies: int = 8, n_frames: int = 50, size: int = 256, max_
         if progress:
             print(f"movie {i + 1}/{n_movies}: click IoU {np.median(clicks):.3f}, "
                   f"propagated IoU {np.median(tracked):.3f}", flush=True)
-    gone, shown, on_cell, n_leaving_cells = _leaving(video_pred, n_leaving, min(n_frames, 30), size, max_objects, leaving_seed,
-                                            continuity)
+    gone, shown, on_cell, n_leaving_cells = _leaving(video_pred, n_leaving, min(n_frames, 30), size,
+                                                     max_objects, leaving_seed, continuity)
     absent += gone
     if progress and n_leaving:
         print(f"leaving cells: {n_leaving_cells}, absent frames {len(gone)}", flush=True)
