@@ -413,6 +413,18 @@ def test_calibrate_generator_picks_the_best_thresholds():
     assert (r["pred_iou_thresh"], r["stability_score_thresh"]) == max(r["table"], key=lambda k: (r["table"][k], k))
 
 
+def test_choose_thresholds_prefers_permissive_stability_within_tolerance():
+    from sam2_core.train.evaluate import choose_thresholds
+
+    table = {(0.3, 0.7): 0.915, (0.5, 0.7): 0.912, (0.3, 0.8): 0.924, (0.5, 0.8): 0.920, (0.3, 0.5): 0.880}
+    assert choose_thresholds(table) == ((0.3, 0.7), 0.915)  # 0.009 below the best, one step more permissive
+    assert choose_thresholds(table, tolerance=0.0) == ((0.3, 0.8), 0.924)  # the plain best
+    assert choose_thresholds(table, tolerance=0.05) == ((0.3, 0.5), 0.880)
+    assert choose_thresholds({(0.2, 0.9): 0.5, (0.4, 0.9): 0.5}) == ((0.4, 0.9), 0.5)  # ties: the stricter IoU
+    with pytest.raises(ValueError, match="at least one"):
+        choose_thresholds({})
+
+
 def test_export_bundled_writes_half_precision_with_its_settings(tmp_path):
     from sam2_core import save_checkpoint
     from sam2_core.checkpoint import read_checkpoint_full
