@@ -402,7 +402,7 @@ def test_single_frame_steps_mix_in(tmp_path):
 
 
 def test_calibrate_generator_picks_the_best_thresholds():
-    from sam2_core.train.evaluate import calibrate_generator
+    from sam2_core.train.evaluate import calibrate_generator, choose_thresholds
 
     torch.manual_seed(0)
     model = SAM2Model(TINY).eval()
@@ -410,7 +410,7 @@ def test_calibrate_generator_picks_the_best_thresholds():
     assert set(r["table"]) == {(-1.0, -1.0), (2.0, -1.0)}
     assert r["table"][(2.0, -1.0)] == 0.0  # a predicted IoU above 2 never occurs: nothing found
     assert r["f1"] == max(r["table"].values())
-    assert (r["pred_iou_thresh"], r["stability_score_thresh"]) == max(r["table"], key=lambda k: (r["table"][k], k))
+    assert ((r["pred_iou_thresh"], r["stability_score_thresh"]), r["f1"]) == choose_thresholds(r["table"])
 
 
 def test_choose_thresholds_prefers_permissive_stability_within_tolerance():
