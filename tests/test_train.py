@@ -448,6 +448,42 @@ def test_export_bundled_writes_half_precision_with_its_settings(tmp_path):
     assert build_sam2(checkpoint=tmp_path / "s2.pt", device="cpu").recommended["cell_diameter"] == 28.0
 
 
+def test_average_checkpoints_mixes_weights_by_share(tmp_path):
+    from sam2_core import save_checkpoint
+    from sam2_core.train.recipe import average_checkpoints
+
+    torch.manual_seed(0)
+    a, b = SAM2Model(TINY), SAM2Model(TINY)
+    pa, pb = save_checkpoint(a, tmp_path / "a.pt"), save_checkpoint(b, tmp_path / "b.pt")
+    out = average_checkpoints([pa, pb], tmp_path / "ab.pt", shares=[3, 1])
+    soup = build_sam2(checkpoint=out, device="cpu")
+    key = "sam_mask_decoder.iou_prediction_head.layers.0.weight"
+    sa, sb = a.state_dict()[key], b.state_dict()[key]
+    assert not torch.allclose(sa, sb)
+    assert torch.allclose(soup.state_dict()[key], 0.75 * sa + 0.25 * sb, atol=1e-6)
+    half = build_sam2(checkpoint=average_checkpoints([pa, pb], tmp_path / "h.pt"), device="cpu")
+    assert torch.allclose(half.state_dict()[key], (sa + sb) / 2, atol=1e-6)
+    other = save_checkpoint(SAM2Model(dataclasses.replace(TINY, num_maskmem=TINY.num_maskmem + 1)), tmp_path / "o.pt")
+    with pytest.raises(ValueError, match="not the architecture"):
+        average_checkpoints([pa, other], tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="at least two"):
+        average_checkpoints([pa], tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="non-negative"):
+        average_checkpoints([pa, pb], tmp_path / "x.pt", shares=[1, -1])
+
+
+def test_pool_dividing_draws_movies_whose_cells_divide_often():
+    def divisions(pool):
+        return sum(len(item.parents) for item in pool.items)
+
+    base = SimulatedPool(64, size=12, movie_len=24, seed=3)
+    often = SimulatedPool(64, size=12, movie_len=24, seed=3, dividing=1.0)
+    assert divisions(often) > 2 * max(divisions(base), 1)
+    half = SimulatedPool(64, size=12, movie_len=24, seed=3, dividing=0.5)
+    same = sum(np.array_equal(a.labels, b.labels) for a, b in zip(half.items, base.items))
+    assert 1 < same < 11  # the other movies are drawn exactly as without
+
+
 def test_pool_sized_draws_nuclei_at_the_preferred_scale():
     def radii(pool):  # equivalent radius of every nucleus on the movies' first frames
         out = []

@@ -140,13 +140,17 @@ class SimulatedPool:
     directly, with sharp edges and pixel-fine noise).
     ``crowded`` is the share of movies drawn dense (35-50 % of the field covered) and fast (each
     frame a cell moves 0.15-0.3 of its radius): where tracked cells drift onto their neighbours.
+    ``dividing`` is the share of movies whose cells divide at a rate drawn from
+    ``division_rate`` per cell and frame (the simulator draws 0-0.02): the tracked cell's target
+    is then the union of its daughters for more of the training frames.
     """
 
     def __init__(self, image_size: int, size: int = 64, movie_len: int = 12, seed: int = 0,
                  renew_every: int = 4, limits: str = "clip", volumes: float = 0.0, drift: float = 0.0,
                  drift_speed: tuple[float, float] = (1.0, 3.0), sized: float = 0.0,
                  sized_radius: tuple[float, float] = (11.0, 17.0), crowded: float = 0.0,
-                 enlarged: float = 0.0) -> None:
+                 enlarged: float = 0.0, dividing: float = 0.0,
+                 division_rate: tuple[float, float] = (0.03, 0.06)) -> None:
         self.image_size, self.movie_len, self.renew_every = image_size, movie_len, renew_every
         self.limits = limits  # see make_clip
         self.volumes = volumes  # share of the pool that are volumes (slices as frames), not movies
@@ -158,6 +162,8 @@ class SimulatedPool:
         self._sized_rng = np.random.default_rng([seed, 13])  # likewise for sized=0
         self._crowded_rng = np.random.default_rng([seed, 17])  # likewise for crowded=0
         self._enlarged_rng = np.random.default_rng([seed, 19])  # likewise for enlarged=0
+        self.dividing, self.division_rate = dividing, division_rate
+        self._dividing_rng = np.random.default_rng([seed, 23])  # likewise for dividing=0
         self._next_seed = 1_000_000 * (seed + 1)
         self.items = [self._new() for _ in range(size)]
         self.draws = 0
@@ -173,8 +179,11 @@ class SimulatedPool:
         if self.drift > 0 and self._drift_rng.uniform() < self.drift:
             angle, speed = self._drift_rng.uniform(0, 2 * np.pi), self._drift_rng.uniform(*self.drift_speed)
             drift = (speed * np.sin(angle), speed * np.cos(angle))
+        rate = None
+        if self.dividing > 0 and self._dividing_rng.uniform() < self.dividing:
+            rate = self._dividing_rng.uniform(*self.division_rate)
         if self.enlarged > 0 and self._enlarged_rng.uniform() < self.enlarged:
-            return self._enlarged_movie(drift)
+            return self._enlarged_movie(drift, rate)
         radius = None
         if self.sized > 0 and self._sized_rng.uniform() < self.sized:
             mean, spread = self._sized_rng.uniform(*self.sized_radius), self._sized_rng.uniform(1.2, 1.6)
@@ -188,9 +197,9 @@ class SimulatedPool:
             n_cells = max(1, int(self._crowded_rng.uniform(0.35, 0.5) * shape[0] * shape[1] / (np.pi * mean_r**2)))
             speed = self._crowded_rng.uniform(0.15, 0.3) * mean_r
         return from_simulation(simulate_cells(self.movie_len, shape, seed=self._next_seed, drift=drift,
-                                              radius=radius, n_cells=n_cells, speed=speed))
+                                              radius=radius, n_cells=n_cells, speed=speed, division_rate=rate))
 
-    def _enlarged_movie(self, drift: tuple[float, float] | None) -> LabelledMovie:
+    def _enlarged_movie(self, drift: tuple[float, float] | None, rate: float | None = None) -> LabelledMovie:
         """A movie of small nuclei enlarged to the ``sized_radius`` scale (see the class)."""
         rng, size = self._enlarged_rng, self.image_size
         r_lo, spread = rng.uniform(4.0, 6.5), rng.uniform(1.2, 1.6)
@@ -199,7 +208,7 @@ class SimulatedPool:
         if drift is not None:  # drift_speed is pixels per frame of the enlarged movie
             drift = (drift[0] / factor, drift[1] / factor)
         sim = simulate_cells(self.movie_len, (small, small), seed=self._next_seed, drift=drift,
-                             radius=(r_lo, r_lo * spread))
+                             radius=(r_lo, r_lo * spread), division_rate=rate)
         x = torch.from_numpy(sim.movie.astype(np.float32))[:, None]
         movie = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
         idx = np.minimum(((np.arange(size) + 0.5) * small / size).astype(int), small - 1)

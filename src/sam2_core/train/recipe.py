@@ -107,13 +107,46 @@ PHASE_N = replace(PHASE_F, steps=1000, lr=8e-5, seed=38, prob_single=0.5)
 #: pseudo time-lapse lost.
 PHASE_S = replace(PHASE_N, steps=800, lr=5e-5, seed=60, clip_len=10, refresh_every=4)
 
+#: Runs S4 and S5, the second parent of the sixth shipped version (2026-12-07): Run S2 (S
+#: continued: ``train_phase_c(S, OUT, replace(PHASE_S, lr=4e-5, seed=62), until=800, seed=63,
+#: ...)``, the other arguments as S) continued with simulated volumes, more drifting movies and
+#: the object-score loss weighted 2: ``train_phase_c(S2, OUT, PHASE_S4, until=600, seed=67,
+#: movie_len=PHASE_D_MOVIE_LEN, renew_every=16, config=DEFAULT_CONFIG, enlarged=0.5, drift=0.4,
+#: volumes=0.2)``; S5 the same from S4 with ``replace(PHASE_S4, lr=3e-5, seed=68)`` and seed 69.
+#: The sixth version is ``average_checkpoints([S2, S5], OUT)``, exported at 28 px.
+PHASE_S4 = replace(PHASE_S, lr=4e-5, seed=66, weights=LossWeights(balanced_bce=0.0, score=2.0))
+
+
+def average_checkpoints(paths: list[str | Path], out: str | Path, shares: list[float] | None = None) -> Path:
+    """Average the weights of checkpoints of one architecture into ``out`` (a "model soup":
+    runs fine-tuned from a common ancestor, averaged, often keep the strengths of both).
+    ``shares``: each checkpoint's weight (normalised; default equal). Returns ``out``."""
+    from sam2_core.checkpoint import read_checkpoint_full, save_checkpoint
+
+    if len(paths) < 2:
+        raise ValueError(f"give at least two checkpoints to average, got {len(paths)}")
+    shares = [1.0] * len(paths) if shares is None else [float(w) for w in shares]
+    if len(shares) != len(paths) or min(shares) < 0 or sum(shares) <= 0:
+        raise ValueError(f"shares must be {len(paths)} non-negative weights, not all 0; got {shares}")
+    loaded = [read_checkpoint_full(p) for p in paths]
+    first, config, _ = loaded[0]
+    for p, (state, cfg, _) in zip(paths[1:], loaded[1:]):
+        if (cfg or DEFAULT_CONFIG) != (config or DEFAULT_CONFIG) or state.keys() != first.keys() or any(
+                state[k].shape != first[k].shape for k in first):
+            raise ValueError(f"{p} is not the architecture of {paths[0]}: only runs of one "
+                             "configuration can be averaged")
+    total = sum(shares)
+    model = SAM2Model(config or DEFAULT_CONFIG)
+    model.load_state_dict({k: sum(w / total * s[k].float() for w, (s, _, _) in zip(shares, loaded)) for k in first})
+    return save_checkpoint(model, out)
+
 
 def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = PHASE_C, until: int | None = None,
                   seed: int = 0, progress: bool = True, pool_size: int = 48, movie_len: int = 12,
                   renew_every: int = 4, limits: str = "clip", volumes: float = 0.0,
                   config: SAM2Config = CLICKS_THREE, drift: float = 0.0, sized: float = 0.0,
                   sized_radius: tuple[float, float] = (11.0, 17.0), crowded: float = 0.0,
-                  enlarged: float = 0.0) -> list[dict]:
+                  enlarged: float = 0.0, dividing: float = 0.0) -> list[dict]:
     """Phase C (or, with ``PHASE_D`` / ``PHASE_E`` / ``PHASE_F``, ``movie_len=PHASE_D_MOVIE_LEN``, for
     E ``limits="movie"``, ``volumes=PHASE_E_VOLUMES``, for F ``config=DEFAULT_CONFIG``, phases D, E
     and F) from ``start``'s weights (None: the shipped ``default``) into ``out`` (resumable).
@@ -121,7 +154,8 @@ def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = 
     ``sized``: the share of movies whose nuclei have a mean radius in ``sized_radius`` (the scale
     at which ``track(cell_diameter=...)`` shows cells to the model); ``crowded``: the share of
     dense, fast movies; ``enlarged``: the share of movies of small nuclei enlarged to the
-    ``sized_radius`` scale, as the cell diameter enlarges a recording."""
+    ``sized_radius`` scale, as the cell diameter enlarges a recording; ``dividing``: the share
+    of movies whose cells divide often."""
     out = Path(out)
     model = SAM2Model(config)
     if not out.is_file():
@@ -132,7 +166,7 @@ def train_phase_c(start: str | Path | None, out: str | Path, cfg: TrainConfig = 
         model.load_state_dict({k: v.float() for k, v in read_checkpoint(start)[0].items()})
     pool = SimulatedPool(DEFAULT_CONFIG.image_size, size=pool_size, movie_len=movie_len, seed=seed + 2,
                          renew_every=renew_every, limits=limits, volumes=volumes, drift=drift, sized=sized,
-                         sized_radius=sized_radius, crowded=crowded, enlarged=enlarged)
+                         sized_radius=sized_radius, crowded=crowded, enlarged=enlarged, dividing=dividing)
     return train(model, pool, cfg, out, progress=progress, until=PHASE_C_UNTIL if until is None else until)
 
 
