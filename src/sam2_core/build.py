@@ -20,7 +20,7 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
 #: Architecture of "default" (the bundled weights store it too).
 _FALLBACK_DEFAULT = DEFAULT_CONFIG
 #: Usage settings measured for the bundled weights (a file's own ``"recommended"`` entries win;
-#: the fifth version's file stores these itself, ``export_bundled(usage=...)``):
+#: the bundled file stores these itself since the fifth version, ``export_bundled(usage=...)``):
 #: ``cell_diameter``: the nucleus diameter (px) the model tracks best (docs/model-card.md);
 #: ``refresh_every`` / ``max_cond_frames_in_attn``: keyframe refresh every 4 frames, attending
 #: the 2 closest conditioning frames (``SAM2VideoPredictor``; docs/engine.md).
