@@ -114,7 +114,7 @@ PHASE_S = replace(PHASE_N, steps=800, lr=5e-5, seed=60, clip_len=10, refresh_eve
 #: movie_len=PHASE_D_MOVIE_LEN, renew_every=16, config=DEFAULT_CONFIG, enlarged=0.5, drift=0.4,
 #: volumes=0.2)``; S5 the same from S4 with ``replace(PHASE_S4, lr=3e-5, seed=68)`` and seed 69.
 #: The sixth version is ``average_checkpoints([S2, S5], OUT)``, exported at 28 px.
-PHASE_S4 = replace(PHASE_S, lr=4e-5, seed=66, weights=LossWeights(balanced_bce=0.0, score=2.0))
+PHASE_S4 = replace(PHASE_S, steps=600, lr=4e-5, seed=66, weights=LossWeights(balanced_bce=0.0, score=2.0))
 
 
 def average_checkpoints(paths: list[str | Path], out: str | Path, shares: list[float] | None = None) -> Path:
