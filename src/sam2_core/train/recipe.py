@@ -130,13 +130,14 @@ def average_checkpoints(paths: list[str | Path], out: str | Path, shares: list[f
         raise ValueError(f"shares must be {len(paths)} non-negative weights, not all 0; got {shares}")
     loaded = [read_checkpoint_full(p) for p in paths]
     first, config, _ = loaded[0]
+    config = config or DEFAULT_CONFIG
     for p, (state, cfg, _) in zip(paths[1:], loaded[1:]):
-        if (cfg or DEFAULT_CONFIG) != (config or DEFAULT_CONFIG) or state.keys() != first.keys() or any(
+        if (cfg or DEFAULT_CONFIG) != config or state.keys() != first.keys() or any(
                 state[k].shape != first[k].shape for k in first):
             raise ValueError(f"{p} is not the architecture of {paths[0]}: only runs of one "
                              "configuration can be averaged")
     total = sum(shares)
-    model = SAM2Model(config or DEFAULT_CONFIG)
+    model = SAM2Model(config)
     model.load_state_dict({k: sum(w / total * s[k].float() for w, (s, _, _) in zip(shares, loaded)) for k in first})
     return save_checkpoint(model, out)
 
