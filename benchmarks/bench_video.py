@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/bench_video.py speed [--sizes 1024 512] [--objects 1 3 10] [--frames 4] [--repeats 3]
-        [--compile --frames 10 --warmup 6]
+        [--compile --frames 10 --warmup 6] [--precision bf16]
     python benchmarks/bench_video.py memory [--lengths 100 1000] [--size 256]
     common: [--threads 2] [--reference-venv PATH] [--no-reference]
 
@@ -11,6 +11,9 @@ speed: seconds per tracked frame (after the prompted frame, median) for N object
        ours with ``SAM2VideoPredictor(compile=True)`` (Meta's stays eager); ``--warmup N``
        leaves the first N tracked frames out of the median (compiling happens there, and again
        while the memory bank grows; the bank is full from frame num_maskmem = 7).
+       ``--precision bf16`` runs ours under bfloat16 autocast (``SAM2VideoPredictor(precision=)``;
+       not exact mode: fast on CPUs with AMX or AVX512-BF16, emulated and slow elsewhere);
+       Meta's stays float32.
 memory: peak RSS while tracking one object through T frames of a 512x512 uint16 TIFF.
 Each measurement runs in a fresh subprocess. Meta's predictor is run only from this script's
 worker (with the reference venv's python), never imported by the package.
@@ -84,7 +87,7 @@ def worker(args: argparse.Namespace) -> dict:
         from sam2_core.predictor.video import SAM2VideoPredictor
 
         pred = SAM2VideoPredictor(build_sam2(MODEL, checkpoint=args.checkpoint, image_size=args.size, device="cpu"),
-                                  compile=bool(getattr(args, "compile", False)))
+                                  compile=bool(getattr(args, "compile", False)), precision=args.precision)
         state = pred.init_state(source)
     else:
         import warnings
@@ -143,6 +146,8 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--compile", action="store_true", help="ours with torch.compile (Meta's eager)")
     ap.add_argument("--warmup", type=int, default=0, help="tracked frames left out of the median")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                    help="ours: autocast precision (Meta's stays float32)")
     ap.add_argument("--lengths", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
@@ -179,7 +184,8 @@ def main() -> None:
             print(f"seconds per frame, {MODEL} (seeded random weights), {args.threads} threads, "
                   f"512x512 16-bit frames, median over tracked frames {args.warmup + 1}-{args.frames}"
                   + (f", median of {args.repeats} alternating runs each" if args.repeats > 1 else "")
-                  + (" (ours compiled with torch.compile, Meta's eager)" if args.compile else ""))
+                  + (" (ours compiled with torch.compile, Meta's eager)" if args.compile else "")
+                  + (f" (ours in {args.precision}, Meta's in float32)" if args.precision != "fp32" else ""))
             print("wall = elapsed seconds; cpu = CPU seconds of the worker process (all threads), "
                   "less sensitive to other load on the machine")
             two = len(impls) > 1
@@ -194,7 +200,8 @@ def main() -> None:
                         for i, py in (impls if k % 2 == 0 else impls[::-1]):
                             runs[i].append(run(i, py, ckpt, "speed", [
                                 *common, "--size", str(size), "--objects", str(n), "--frames", str(args.frames),
-                                *extra, *(["--compile"] if args.compile and i == "ours" else [])]))
+                                *extra, *(["--compile"] if args.compile and i == "ours" else []),
+                                *(["--precision", args.precision] if i == "ours" else [])]))
                     r = {i: {key: float(np.median([x[key] for x in rs])) for key in ("median_s", "median_cpu_s")}
                          for i, rs in runs.items()}
                     line = f"{size:>5} {n:>7} " + " ".join(f"{r[i]['median_s']:10.2f}" for i, _ in impls)

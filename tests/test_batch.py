@@ -76,7 +76,11 @@ def test_batch_local_skips_finished_and_isolates_failures(lab, capsys):
 def test_batch_on_a_local_dask_cluster(lab, capsys):
     pytest.importorskip("distributed")
     args = ["batch", str(lab / "jobs.csv"), "--model", str(lab / "model.pt"), "--dask-workers", "2", "--force",
-            "--threads", "1"]
+            "--threads", "1", "--speed", "fast", "--precision", "fp32"]
     assert main(args) == 1
     assert "2 done, 0 skipped (output exists), 1 failed" in capsys.readouterr().out
     assert tifffile.imread(lab / "out" / "m0.tif").max() >= 0
+    from napari_sam2.export import read_labels_info
+
+    info = read_labels_info(lab / "out" / "m0.tif")  # fast mode, whose own default is "auto"
+    assert info["speed"] == "fast" and info["precision"] == "fp32"

@@ -87,8 +87,9 @@ def test_track_csv_to_tiff_and_zarr(workdir, capsys):
     info = read_labels_info(sout)
     assert info["scale"] == 2.0 and info["windows"] is True
     assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(sout),
-                 "--model", ckpt, "--max-frames", "1", "--direction", "forward", "--no-continuity"]) == 0
-    assert read_labels_info(sout)["continuity"] is False
+                 "--model", ckpt, "--max-frames", "1", "--direction", "forward", "--no-continuity",
+                 "--precision", "bf16"]) == 0
+    assert read_labels_info(sout)["continuity"] is False and read_labels_info(sout)["precision"] == "bf16"
     # a model without a stored preferred diameter: a clear one-line error, exit 1
     assert main(["track", str(d / "movie.tif"), "--prompts", str(d / "prompts.csv"), "--out", str(sout),
                  "--model", ckpt, "--cell-diameter", "12"]) == 1

@@ -81,6 +81,19 @@ def test_predict_center_constant_velocity():
     assert c == (8.0, 11.0) and step == pytest.approx(5.0)
 
 
+def test_track_precision_makes_a_predictor_only_when_asked(tiny256):
+    from sam2_core.track import _as_predictor
+
+    pred = SAM2VideoPredictor(tiny256)  # exact mode, float32
+    assert _as_predictor(pred, None) is pred and _as_predictor(pred, None, None, "fp32") is pred
+    bf16 = _as_predictor(pred, None, None, "bf16")  # only the precision asked: the speed mode stays
+    assert bf16 is not pred and bf16.model is tiny256 and bf16.speed == "exact"
+    assert bf16.precision is torch.bfloat16 and _as_predictor(bf16, None, None, "bf16") is bf16
+    fast = _as_predictor(pred, None, "fast", "fp32")
+    assert fast.speed == "fast" and fast.precision is None
+    assert _as_predictor(pred, None, "fast").precision is precision.resolve("auto", "cpu")
+
+
 def test_precision_names_and_cpu_choice():
     assert precision.resolve("fp32", "cpu") is None
     with pytest.raises(ValueError, match="precision must be one of"):

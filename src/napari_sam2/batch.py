@@ -145,8 +145,9 @@ def read_manifest(path: str | os.PathLike) -> list[Job]:
 
 
 def run_job(job: Job, model: str = "default", device: str | None = None, threads: int | None = None,
-            force: bool = False, speed: str = "exact") -> JobResult:
-    """Track one movie; never raises (a failure is returned as status "failed")."""
+            force: bool = False, speed: str = "exact", precision: str | None = None) -> JobResult:
+    """Track one movie; never raises (a failure is returned as status "failed").
+    ``precision``: as ``SAM2VideoPredictor``'s (None: fp32 in exact mode, auto in fast mode)."""
     t0 = time.perf_counter()
     if Path(job.out).exists() and not force:
         return JobResult(job.movie, job.out, "skipped")
@@ -168,7 +169,7 @@ def run_job(job: Job, model: str = "default", device: str | None = None, threads
         if not out.parent.is_dir():
             raise FileNotFoundError(f"output folder {out.parent} does not exist")
         source = FrameSource(job.movie, channels=job.channels)
-        predictor = SAM2VideoPredictor(_build(job.model or model, device), speed=speed)
+        predictor = SAM2VideoPredictor(_build(job.model or model, device), speed=speed, precision=precision)
         drift, seen = _drift(source, job.stabilize)
         decided: dict = {}
         if job.prompts:
@@ -202,6 +203,7 @@ def run_batch(
     threads: int | None = None,
     force: bool = False,
     speed: str = "exact",
+    precision: str | None = None,
     on_result=None,
 ) -> list[JobResult]:
     """Run every job: in this process (``workers=1``), a local process pool, or on Dask.
@@ -209,7 +211,7 @@ def run_batch(
     ``scheduler`` connects to a running Dask scheduler; ``dask_workers`` starts a local Dask
     cluster on 127.0.0.1 with that many single-threaded worker processes. One task per movie.
     """
-    kw = dict(model=model, device=device, threads=threads, force=force, speed=speed)
+    kw = dict(model=model, device=device, threads=threads, force=force, speed=speed, precision=precision)
     results: list[JobResult] = []
 
     def done(r: JobResult) -> None:

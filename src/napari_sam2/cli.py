@@ -105,6 +105,13 @@ def _drift(source, on: bool):
     return drift, SteadyCanvas(source, drift)
 
 
+#: The choice of arithmetic precision (track, batch).
+PRECISIONS = ["fp32", "bf16", "fp16", "auto"]
+PRECISION_HELP = ("arithmetic precision: fp32 (exact), bf16 (several times faster on CPUs with AMX or "
+                  "AVX512-BF16 and on GPUs, masks about 0.998 IoU of fp32's; slow on other CPUs), fp16, "
+                  "or auto (bf16 where it is fast); default: fp32 in exact mode, auto in fast mode")
+
+
 def _speed_help() -> str:
     return SPEED_HELP.replace("%", "%%") + " (default: %(default)s)"
 
@@ -164,7 +171,7 @@ def _cmd_track(args: argparse.Namespace) -> int:
         check_prompts(prompts, source.num_frames, source.height, source.width)
     model = _build(args.model, args.device)
     predictor = SAM2VideoPredictor(model, speed=args.speed, compile=args.compile,
-                                   refresh_every=args.refresh_every)
+                                   refresh_every=args.refresh_every, precision=args.precision)
     drift, seen = _drift(source, args.stabilize)
     bar = _progress_bar(source.num_frames, "tracking")
     decided: dict = {}
@@ -418,7 +425,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
     results = run_batch(jobs, workers=args.workers, scheduler=args.scheduler, dask_workers=args.dask_workers,
                         model=args.model, device=args.device, threads=args.threads, force=args.force,
-                        speed=args.speed, on_result=report)
+                        speed=args.speed, precision=args.precision, on_result=report)
     if args.report:
         write_report(args.report, results)
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
@@ -469,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default="default", help="model name or checkpoint file (default: %(default)s)")
     t.add_argument("--direction", choices=["forward", "backward", "both"], default="both")
     t.add_argument("--speed", choices=["exact", "fast"], default="exact", help=_speed_help())
+    t.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     t.add_argument("--compile", action="store_true",
                    help="torch.compile the image encoder and memory attention (slow first frame; optional)")
     t.add_argument("--refresh-every", type=int, default=None,
@@ -554,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dask-workers", type=int, default=None, help="start a local Dask cluster with N workers")
     b.add_argument("--model", default="default", help="model for jobs that name none")
     b.add_argument("--speed", choices=["exact", "fast"], default="exact", help=_speed_help())
+    b.add_argument("--precision", choices=PRECISIONS, default=None, help=PRECISION_HELP)
     b.add_argument("--device", default=None)
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
     b.add_argument("--force", action="store_true", help="redo jobs whose output exists")

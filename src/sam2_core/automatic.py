@@ -455,7 +455,8 @@ def track_all(frames: Any, seed_frame: int = 0, *, model: Any = "default", gener
     from sam2_core.io.frames import FrameSource
     from sam2_core.track import Prompt, _as_predictor, track
 
-    predictor = _as_predictor(model, track_kwargs.pop("device", None), track_kwargs.pop("speed", None))
+    predictor = _as_predictor(model, track_kwargs.pop("device", None), track_kwargs.pop("speed", None),
+                              track_kwargs.pop("precision", None))
     source = frames if isinstance(frames, FrameSource) else FrameSource(
         frames, contrast_limits=track_kwargs.pop("contrast_limits", None), channels=track_kwargs.pop("channels", None))
     gen = SAM2AutomaticMaskGenerator(predictor.model, **(generator_kwargs or {"seeding": "blobs"}))
