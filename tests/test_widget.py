@@ -528,6 +528,12 @@ def test_scripted_propagate_fast(make_napari_viewer, small_checkpoint, movie, mo
                                    checkpoint=small_checkpoint)
     assert all((labels.data[t] == 7).any() for t in range(len(m)))
     assert labels.metadata["napari_sam2"]["speed"] == "fast"
+    # an explicit precision overrides fast mode's own ("auto": bf16 where the CPU is fast at it)
+    labels = napari_sam2.propagate(viewer, image, points, direction="forward", speed="fast", precision="fp32",
+                                   checkpoint=small_checkpoint)
+    assert labels.metadata["napari_sam2"]["precision"] == "fp32" and (labels.data[-1] == 7).any()
+    with pytest.raises(ValueError, match="precision must be one of"):
+        napari_sam2.propagate(viewer, image, points, precision="int8", checkpoint=small_checkpoint)
     prefetched = []
     monkeypatch.setattr(SegmentationSession, "prefetch", lambda self, f: prefetched.append(f))
     viewer.dims.current_step = (3, 0, 0)

@@ -88,6 +88,9 @@ class Controller:
         self.axis: int | None = None
         self.model_spec = ("default", "", "auto")
         self.speed = "exact"
+        #: arithmetic precision of tracking ("fp32", "bf16", "fp16", "auto"); None: the speed
+        #: mode's default (fp32 in exact mode, auto in fast mode)
+        self.precision: str | None = None
         self.cell_diameter: float | None = None  # set by the user; None: measured (automatic) or off
         #: with no Cell diameter set, measure it from the first AUTO_OBJECTS prompted objects
         #: (models that store the diameter they track best only)
@@ -169,7 +172,7 @@ class Controller:
         if layer is not self.image_layer or axis != self.axis:
             self._masks.clear()  # their frame indices belong to the previous stack
             if self._auto[1] is not None and self.session is not None:  # measured on the previous stack
-                self.session = SegmentationSession(self.session.model, speed=self.speed,
+                self.session = SegmentationSession(self.session.model, speed=self.speed, precision=self.precision,
                                                    cell_diameter=self.cell_diameter, stabilize=self.stabilize)
             self._auto, self._auto_frozen = (0, None), False
         self.image_layer = layer
@@ -203,9 +206,27 @@ class Controller:
             return
         self.speed = speed
         if self.session is not None:
-            self.session = SegmentationSession(self.session.model, speed=speed, cell_diameter=self.session_diameter,
+            self.session = SegmentationSession(self.session.model, speed=speed, precision=self.precision,
+                                               cell_diameter=self.session_diameter,
                                                stabilize=self.stabilize)
         self.status_changed(f"speed: {speed} (used from the next segmentation or propagation)")
+
+    def set_precision(self, precision: str | None) -> None:
+        """Arithmetic precision of tracking (``SAM2VideoPredictor(precision=)``); None: the speed
+        mode's default. Like a speed change, the model and every prompt are kept."""
+        from sam2_core.precision import PRECISIONS
+
+        if precision is not None and precision not in PRECISIONS:
+            self._fail(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+            return
+        if precision == self.precision:
+            return
+        self.precision = precision
+        if self.session is not None:
+            self.session = SegmentationSession(self.session.model, speed=self.speed, precision=precision,
+                                               cell_diameter=self.session_diameter, stabilize=self.stabilize)
+        self.status_changed(f"precision: {precision or 'the speed mode default'} (used from the next "
+                            "segmentation or propagation)")
 
     @property
     def session_diameter(self) -> float | None:
@@ -227,7 +248,8 @@ class Controller:
             return
         if self.session is not None:
             try:
-                session = SegmentationSession(self.session.model, speed=self.speed, cell_diameter=diameter,
+                session = SegmentationSession(self.session.model, speed=self.speed, precision=self.precision,
+                                              cell_diameter=diameter,
                                               stabilize=self.stabilize)
             except ValueError as e:
                 self._fail(f"Cell diameter: {e}")
@@ -273,7 +295,8 @@ class Controller:
         if close_scales(scale, session.scale):
             return session, note
         try:
-            new = SegmentationSession(session.model, speed=self.speed, cell_diameter=d, stabilize=self.stabilize)
+            new = SegmentationSession(session.model, speed=self.speed, precision=self.precision,
+                                      cell_diameter=d, stabilize=self.stabilize)
         except ValueError:  # outside the range the frames may be resized by: keep the scale
             return session, note + " (outside the model's range: frames kept as recorded)"
         self._auto = (n, d)
@@ -317,7 +340,7 @@ class Controller:
             return
         self.stabilize = on
         if self.session is not None:
-            self.session = SegmentationSession(self.session.model, speed=self.speed,
+            self.session = SegmentationSession(self.session.model, speed=self.speed, precision=self.precision,
                                                cell_diameter=self.session_diameter, stabilize=on)
         self.status_changed("stage drift: " + ("removed before tracking" if on else "not corrected")
                             + " (used from the next segmentation or propagation)")
@@ -546,7 +569,8 @@ class Controller:
                 if progress is not None:
                     progress.close()
             try:
-                self.session = SegmentationSession(model, speed=self.speed, cell_diameter=self.session_diameter,
+                self.session = SegmentationSession(model, speed=self.speed, precision=self.precision,
+                                                   cell_diameter=self.session_diameter,
                                                    stabilize=self.stabilize)
             except ValueError as e:  # a model without a preferred cell diameter
                 raise ValueError(f"Cell diameter: {e}; set it to 0 for this model") from None

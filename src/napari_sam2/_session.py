@@ -87,16 +87,18 @@ class SegmentationSession:
         fill_hole_area: passed to the video predictor.
         speed: the video predictor's tracking mode: "exact" (Meta's computation) or "fast"
             (each object tracked in a window around it; see docs/engine.md).
+        precision: the predictor's arithmetic precision ("fp32", "bf16", "fp16", "auto"; None:
+            fp32 in exact mode, auto in fast mode).
     """
 
     def __init__(self, model: Any, *, fill_hole_area: int = 8, speed: str = "exact",
-                 cell_diameter: float | None = None, stabilize: bool = False) -> None:
+                 cell_diameter: float | None = None, stabilize: bool = False, precision: str | None = None) -> None:
         from sam2_core.predictor.video import SAM2VideoPredictor
         from sam2_core.track import resolve_scale
 
         self.model = model
         self.speed = speed
-        self.predictor = SAM2VideoPredictor(model, fill_hole_area=fill_hole_area, speed=speed)
+        self.predictor = SAM2VideoPredictor(model, fill_hole_area=fill_hole_area, speed=speed, precision=precision)
         self.cell_diameter = cell_diameter or None
         #: frames are resized by this before tracking (from the cell diameter; 1 = as recorded)
         self.scale = resolve_scale(model, None, self.cell_diameter)

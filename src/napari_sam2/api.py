@@ -22,12 +22,14 @@ from napari_sam2._actions import Controller
 
 def _controller(viewer, image_layer, points_layer=None, labels_layer=None, *, model="default",
                 checkpoint=None, device="auto", axis=None, speed=None, cell_diameter=None,
-                stabilize=False, continuity=True) -> Controller:
+                stabilize=False, continuity=True, precision=None) -> Controller:
     c = Controller(viewer, notify=False, threaded=False)
     c.continuity = bool(continuity)
     c.set_model(model, checkpoint or "", device)
     if speed is not None:
         c.set_speed(speed)
+    if precision is not None:
+        c.set_precision(precision)
     from sam2_core.track import as_diameter
 
     cell_diameter = as_diameter(cell_diameter)
@@ -85,6 +87,9 @@ def propagate(viewer, image_layer, points_layer=None, labels_layer=None, *, dire
     ``continuity`` (keyword, default True): an object's track ends where its mask jumps away or
     swells past 4x its first area (it left the field, ended, or slid onto neighbours); False
     keeps SAM 2's masks as they come (``sam2_core.continuity``).
+    ``precision`` (keyword): "fp32", "bf16", "fp16" or "auto"; bf16 is several times faster on
+    CPUs with AMX or AVX512-BF16 and on GPUs (docs/engine.md); None: fp32 in exact mode, auto in
+    fast mode.
     """
     c = _controller(viewer, image_layer, points_layer, labels_layer, speed=speed, **kwargs)
     try:
