@@ -205,11 +205,15 @@ class Controller:
         if speed == self.speed:
             return
         self.speed = speed
-        if self.session is not None:
-            self.session = SegmentationSession(self.session.model, speed=speed, precision=self.precision,
-                                               cell_diameter=self.session_diameter,
-                                               stabilize=self.stabilize)
+        self._renew_session()
         self.status_changed(f"speed: {speed} (used from the next segmentation or propagation)")
+
+    def _renew_session(self) -> None:
+        """A new session of the loaded model with the current speed, precision, diameter and drift
+        settings; its tracking state is rebuilt from the prompt layers on the next action."""
+        if self.session is not None:
+            self.session = SegmentationSession(self.session.model, speed=self.speed, precision=self.precision,
+                                               cell_diameter=self.session_diameter, stabilize=self.stabilize)
 
     def set_precision(self, precision: str | None) -> None:
         """Arithmetic precision of tracking (``SAM2VideoPredictor(precision=)``); None: the speed
@@ -222,9 +226,7 @@ class Controller:
         if precision == self.precision:
             return
         self.precision = precision
-        if self.session is not None:
-            self.session = SegmentationSession(self.session.model, speed=self.speed, precision=precision,
-                                               cell_diameter=self.session_diameter, stabilize=self.stabilize)
+        self._renew_session()
         self.status_changed(f"precision: {precision or 'the speed mode default'} (used from the next "
                             "segmentation or propagation)")
 
@@ -339,9 +341,7 @@ class Controller:
         if on == self.stabilize:
             return
         self.stabilize = on
-        if self.session is not None:
-            self.session = SegmentationSession(self.session.model, speed=self.speed, precision=self.precision,
-                                               cell_diameter=self.session_diameter, stabilize=on)
+        self._renew_session()
         self.status_changed("stage drift: " + ("removed before tracking" if on else "not corrected")
                             + " (used from the next segmentation or propagation)")
 
