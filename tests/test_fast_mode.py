@@ -92,6 +92,9 @@ def test_track_precision_makes_a_predictor_only_when_asked(tiny256):
     fast = _as_predictor(pred, None, "fast", "fp32")
     assert fast.speed == "fast" and fast.precision is None
     assert _as_predictor(pred, None, "fast").precision is precision.resolve("auto", "cpu")
+    from napari_sam2.cli import PRECISIONS
+
+    assert tuple(PRECISIONS) == precision.PRECISIONS  # the CLI offers every choice the predictor takes
 
 
 def test_precision_names_and_cpu_choice():
