@@ -468,7 +468,9 @@ def test_speed_choice_fast_propagation_metadata_and_export(make_napari_viewer, q
     w.checkpoint.value = small_checkpoint
     n0 = len(_errors())
     w.speed.value = "fast"
-    assert c.speed == "fast"
+    assert c.speed == "fast" and w.precision.value == "default" and c.precision is None
+    w.precision.value = "fp32"  # overrides fast mode's own choice ("auto")
+    assert c.precision == "fp32"
     _click(c, 0, *_centroid(lab, 0, 1), oid=1)
     _wait_idle(qtbot, c)
     assert c.session.predictor.speed == "fast"
@@ -479,6 +481,7 @@ def test_speed_choice_fast_propagation_metadata_and_export(make_napari_viewer, q
     assert all((labels.data[t] == 1).any() for t in range(len(m))), _errors()
     info = labels.metadata["napari_sam2"]
     assert info == c.session.provenance() and info["speed"] == "fast" and info["windows"] is False
+    assert info["precision"] == "fp32"
     c.export("tiff", str(tmp_path / "labels.tif"))
     assert read_labels_info(tmp_path / "labels.tif")["speed"] == "fast"
     c.export("ctc", str(tmp_path / "01_RES"))

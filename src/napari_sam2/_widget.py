@@ -11,7 +11,7 @@ from qtpy.QtWidgets import QSizePolicy
 
 from napari_sam2 import _actions as A
 from napari_sam2._layers import OBJECT_ID, POSITIVE
-from napari_sam2.cli import CELL_DIAMETER_HELP, SPEED_HELP
+from napari_sam2.cli import CELL_DIAMETER_HELP, PRECISION_HELP, PRECISIONS, SPEED_HELP
 
 if TYPE_CHECKING:
     import napari
@@ -76,6 +76,8 @@ class SAM2Widget(Container):
         self.n_frames = SpinBox(label="Frames (0 = all)", min=0, max=10**7, value=0,
                                 tooltip="how many frames to track in each direction")
         self.speed = ComboBox(label="Speed", choices=SPEEDS, value="exact", tooltip=SPEED_HELP)
+        self.precision = ComboBox(label="Precision", choices=["default", *PRECISIONS], value="default",
+                                  tooltip=PRECISION_HELP.replace("default:", "default (the choice 'default'):"))
         self.cell_diameter = FloatSpinBox(label="Cell diameter (px)", min=0.0, max=10000.0, step=1.0, value=0.0,
                                           tooltip=WIDGET_DIAMETER_HELP)
         spin = self.cell_diameter.native
@@ -115,7 +117,8 @@ class SAM2Widget(Container):
             self.image, self.axis, self.model, self.checkpoint, self.device, self.object_id, self.negative,
             row(self.new_object, self.delete_object),
             row(self.segment, self.draw_boxes),
-            self.direction, self.all_objects, self.n_frames, self.speed, self.cell_diameter, self.measure_diameter,
+            self.direction, self.all_objects, self.n_frames, self.speed, self.precision, self.cell_diameter,
+            self.measure_diameter,
             row(self.stabilize, self.continuity),
             row(self.propagate, self.cancel),
             row(self.segment_all, self.track_all),
@@ -134,6 +137,7 @@ class SAM2Widget(Container):
         for w in (self.model, self.checkpoint, self.device):
             w.changed.connect(lambda *_: c.set_model(self.model.value, self._checkpoint_path(), self.device.value))
         self.speed.changed.connect(lambda v: c.set_speed(v))
+        self.precision.changed.connect(lambda v: c.set_precision(None if v == "default" else v))
         self.cell_diameter.changed.connect(lambda v: c.set_cell_diameter(v))
         self.stabilize.changed.connect(lambda v: c.set_stabilize(v))
         self.continuity.changed.connect(lambda v: setattr(c, "continuity", bool(v)))
