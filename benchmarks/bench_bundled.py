@@ -3,12 +3,15 @@
 Usage:
     python benchmarks/bench_bundled.py [--threads 2] [--objects 5] [--size 512] [--frames 20]
                                        [--eval-movies 8] [--eval-frames 50] [--model default]
+                                       [--precision fp32|bf16|fp16|auto]
 
 Prints, for the model on this machine:
 - frames per second tracking N objects (prompted on frame 0) through a 16-bit movie of
   size x size frames (goal for the bundled model: >= 5 fps for 5 objects at 512 on 2 cores);
 - single-click latency once the frame is encoded (decoder only), and the encoder time per frame;
 - the held-out metrics of sam2_core.train.evaluate (skip with --eval-movies 0).
+``--precision`` sets the tracking predictor's arithmetic (default fp32; bf16 is fast on CPUs with
+AMX or AVX512-BF16); the click latency and encoder lines stay in float32.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main() -> None:
     ap.add_argument("--eval-movies", type=int, default=8)
     ap.add_argument("--eval-frames", type=int, default=50)
     ap.add_argument("--model", default="default")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -64,12 +68,12 @@ def main() -> None:
         model = build_sam2(args.model, device="cpu")
     n_par = sum(p.numel() for p in model.parameters())
     print(f"model {args.model}: {model.config.name}, image_size {model.image_size}, {n_par / 1e6:.2f} M parameters, "
-          f"{args.threads} threads")
+          f"{args.threads} threads, tracking in {args.precision}")
     sim = simulate_cells(args.frames, (args.size, args.size), n_cells=max(args.objects * 3, 10), seed=123,
                          radius=(args.size / 40, args.size / 25))
     ids, areas = np.unique(sim.labels[0], return_counts=True)
     objs = [int(i) for i, a in sorted(zip(ids, areas), key=lambda x: -x[1]) if i][: args.objects]
-    pred = SAM2VideoPredictor(model)
+    pred = SAM2VideoPredictor(model, precision=args.precision)
     rng = np.random.default_rng(0)
     clicks = {c: P.click_inside(sim.labels[0] == c, rng, central=True) for c in objs}
     state = pred.init_state(sim.movie)
