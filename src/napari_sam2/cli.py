@@ -105,7 +105,8 @@ def _drift(source, on: bool):
     return drift, SteadyCanvas(source, drift)
 
 
-#: The choice of arithmetic precision (track, batch).
+#: The choice of arithmetic precision (track, batch, the widget): sam2_core.precision.PRECISIONS,
+#: spelled out so that importing the CLI does not import torch (a test checks that they agree).
 PRECISIONS = ["fp32", "bf16", "fp16", "auto"]
 PRECISION_HELP = ("arithmetic precision: fp32 (exact), bf16 (several times faster on CPUs with AMX or "
                   "AVX512-BF16 and on GPUs, masks about 0.998 IoU of fp32's; slow on other CPUs), fp16, "
