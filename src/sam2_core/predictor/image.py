@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from sam2_core import allocator
 from sam2_core import transforms as T
 from sam2_core.modeling.sam2 import ImageFeatures, SAM2Model
 
@@ -38,6 +39,8 @@ class SAM2ImagePredictor:
 
     def __init__(self, model: SAM2Model, *, mask_threshold: float = 0.0, cache_size: int = 4) -> None:
         self.model = model
+        if model.device.type == "cpu":
+            allocator.tune_cpu_allocator()  # large tensors reuse memory (allocator.py)
         self.mask_threshold = mask_threshold
         self.cache_size = cache_size
         self._cache: OrderedDict[bytes, ImageFeatures] = OrderedDict()

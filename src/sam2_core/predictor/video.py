@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam2_core import allocator
 from sam2_core import precision as precision_mod
 from sam2_core import transforms as T
 from sam2_core.io.frames import FrameSource
@@ -137,6 +138,8 @@ class SAM2VideoPredictor:
         if speed not in SPEEDS:
             raise ValueError(f"speed must be one of {SPEEDS}, got {speed!r}")
         self.model = model.eval()
+        if model.device.type == "cpu":
+            allocator.tune_cpu_allocator()  # large per-frame tensors reuse memory (allocator.py)
         self.speed = speed
         self.window_margin = window_margin
         self.reacquire = reacquire
@@ -481,9 +484,12 @@ class SAM2VideoPredictor:
         if start_frame_idx is None:
             start_frame_idx = min(t for o in chosen for t in o.cond)
         order = self.frame_order(state, start_frame_idx, max_frame_num_to_track, reverse)
-        for i, f in enumerate(order):
-            state.features.prefetch(order[i + 1 : i + 1 + self.read_ahead])
-            yield f, [o.obj_id for o in chosen], self._propagate_frame(state, chosen, f, reverse, skip)
+        try:
+            for i, f in enumerate(order):
+                state.features.prefetch(order[i + 1 : i + 1 + self.read_ahead])
+                yield f, [o.obj_id for o in chosen], self._propagate_frame(state, chosen, f, reverse, skip)
+        finally:  # finished or stopped: hand the kept per-frame blocks back to the system
+            allocator.release_free_memory()
 
     @torch.inference_mode()
     def track_step(self, state: VideoState, frame_idx: int, reverse: bool = False

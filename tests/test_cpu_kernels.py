@@ -1,0 +1,140 @@
+"""The CPU-only speed paths of exact mode compute the same function as the plain ones.
+
+- memory attention's cross-attention attends to the raw 64-channel memories and projects the
+  result (``Attention._attend_folded``) instead of projecting every memory to 256 channels;
+- the image encoder keeps its interpolated position embedding between frames;
+- the allocator keeps large freed blocks for reuse (``sam2_core.allocator``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from sam2_core import allocator
+from sam2_core.modeling.hiera import Hiera
+from sam2_core.modeling.memory_attention import MemoryAttention, RoPEAttention
+
+
+def _cross(num_heads: int = 1) -> RoPEAttention:
+    torch.manual_seed(0)
+    return RoPEAttention(256, num_heads, kv_in_dim=64, rope_k_repeat=True).eval()
+
+
+@pytest.mark.parametrize("num_heads", [1, 2])
+def test_folded_cross_attention_matches_float64(num_heads):
+    """Several query blocks (> 1024 queries) and uneven key blocks (3 frames + 16 pointers)."""
+    attn = _cross(num_heads)
+    q = torch.randn(2, 48 * 48, 256) * 3
+    k = torch.randn(2, 3 * 48 * 48 + 16, 64) * 3
+    v = torch.randn(2, 3 * 48 * 48 + 16, 64)
+    with torch.no_grad():
+        assert attn.folds_values(attn.q_proj(q[:, :1]))
+        ours = attn(q, k, v, feat_hw=(48, 48), num_k_exclude_rope=16)
+        attn.folds_values = lambda q: False  # the SDPA path, as Meta computes it
+        sdpa = attn(q, k, v, feat_hw=(48, 48), num_k_exclude_rope=16)
+        ref = attn.double()(q.double(), k.double(), v.double(), feat_hw=(48, 48), num_k_exclude_rope=16)
+    err, sdpa_err = (ours.double() - ref).abs().max().item(), (sdpa.double() - ref).abs().max().item()
+    assert err <= max(2 * sdpa_err, 1e-5 * ref.abs().max().item()), (err, sdpa_err)
+
+
+def test_folded_attention_survives_large_logits():
+    """A later key block with a higher maximum rescales the sums already made (no overflow)."""
+    attn = _cross()
+    q = torch.randn(1, 32 * 32, 256)
+    k = torch.randn(1, 3 * 32 * 32, 64)
+    k[:, -10:] *= 200.0  # the largest scores come last
+    v = torch.randn(1, 3 * 32 * 32, 64)
+    with torch.no_grad():
+        ours = attn(q, k, v, feat_hw=(32, 32))
+        attn.folds_values = lambda q: False
+        sdpa = attn(q, k, v, feat_hw=(32, 32))
+    assert torch.isfinite(ours).all()
+    assert torch.allclose(ours, sdpa, atol=1e-4 * max(1.0, sdpa.abs().max().item()))
+
+
+def test_folding_only_where_it_is_exact_and_faster():
+    attn = _cross()
+    q = attn.q_proj(torch.randn(1, 4, 256))
+    with torch.no_grad():
+        assert attn.folds_values(q.detach())
+        assert not attn.folds_values(q.detach().bfloat16())  # bf16: the fused kernel
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not attn.folds_values(q.detach())
+    assert not attn.folds_values(q)  # autograd (training) keeps the differentiable path
+    self_attn = RoPEAttention(256, 1)
+    with torch.no_grad():
+        assert not self_attn.folds_values(q.detach())  # values as wide as the head: nothing to gain
+
+
+def test_memory_attention_with_grad_equals_without():
+    """The whole stack: inference (folded) and autograd (SDPA) paths agree."""
+    torch.manual_seed(1)
+    ma = MemoryAttention(num_layers=2, dim_feedforward=128).eval()
+    curr, pos = torch.randn(2, 256, 256), torch.randn(2, 256, 256)
+    mem, mpos = torch.randn(2, 2 * 256 + 8, 64), torch.randn(2, 2 * 256 + 8, 64)
+    with torch.no_grad():
+        fast = ma(curr, pos, mem, mpos, feat_hw=(16, 16), num_obj_ptr_tokens=8)
+    slow = ma(curr, pos, mem, mpos, feat_hw=(16, 16), num_obj_ptr_tokens=8).detach()
+    assert (fast - slow).abs().max().item() <= 1e-4 * max(1.0, slow.abs().max().item())
+
+
+def test_position_embedding_kept_and_renewed():
+    torch.manual_seed(2)
+    trunk = Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), global_att_blocks=(2,)).eval()
+    with torch.inference_mode():
+        first = trunk._pos_embed((16, 16))
+        assert trunk._pos_embed((16, 16)) is first  # kept between frames
+        assert trunk._pos_embed((8, 8)).shape == (1, 8, 8, 16)  # another size: made anew
+    with torch.no_grad():
+        trunk.pos_embed.add_(1.0)  # new weights (loading, training) renew it
+    with torch.inference_mode():
+        renewed = trunk._pos_embed((16, 16))
+    assert torch.allclose(renewed, first + 1.0, atol=1e-5)
+    assert torch.equal(renewed, trunk._make_pos_embed((16, 16)))
+    x = trunk._pos_embed((16, 16))  # with autograd on: computed, so gradients reach the weights
+    x.sum().backward()
+    assert trunk.pos_embed.grad is not None
+
+
+def _run(code: str, **env: str) -> str:
+    res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+_FAULTS = """
+    import resource, torch
+    from sam2_core import allocator
+    def faults():  # minor page faults of 5 rounds of 8 blocks of 24 MB, written, then freed
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            blocks = [torch.empty(6 << 20).fill_(1.0) for _ in range(8)]
+            del blocks
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    faults()
+    untuned = faults()
+    tuned = allocator.tune_cpu_allocator()
+    faults()
+    print(tuned, untuned, faults())
+"""
+
+
+@pytest.mark.skipif(allocator._glibc() is None, reason="allocator settings apply to glibc only")
+def test_allocator_reuses_large_blocks():
+    tuned, untuned, after = _run(_FAULTS).split()
+    assert tuned == "True"
+    # A round's 192 MB (49,152 pages) is given back to the system at its end by default (glibc
+    # trims a free heap top above twice its adaptive threshold), and faulted in again next round.
+    assert int(after) < 10_000 < int(untuned), (untuned, after)
+
+
+def test_allocator_left_alone_on_request():
+    out = _run("from sam2_core import allocator; print(allocator.tune_cpu_allocator())", NAPARI_SAM2_MALLOC="system")
+    assert out == "False"
