@@ -138,3 +138,10 @@ def test_allocator_reuses_large_blocks():
 def test_allocator_left_alone_on_request():
     out = _run("from sam2_core import allocator; print(allocator.tune_cpu_allocator())", NAPARI_SAM2_MALLOC="system")
     assert out == "False"
+
+
+def test_position_embedding_of_weights_made_in_inference_mode():
+    """Parameters created under inference mode have no version counter: computed each time."""
+    with torch.inference_mode():
+        trunk = Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), global_att_blocks=(2,)).eval()
+        assert torch.equal(trunk._pos_embed((16, 16)), trunk._make_pos_embed((16, 16)))

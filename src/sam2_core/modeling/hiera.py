@@ -184,9 +184,10 @@ class Hiera(nn.Module):
         Without autograd the result is kept for the next frame (the bicubic interpolation is
         ~1.5 % of a 1024-px encoding), keyed by the parameters' storage and version, so that
         loading or training weights renews it."""
-        if torch.is_grad_enabled():
+        params = (self.pos_embed, self.pos_embed_window)
+        if torch.is_grad_enabled() or any(p.is_inference() for p in params):  # (no version counter)
             return self._make_pos_embed(hw)
-        key = (hw, *((p.data_ptr(), p._version, p.dtype) for p in (self.pos_embed, self.pos_embed_window)))
+        key = (hw, *((p.data_ptr(), p._version, p.dtype) for p in params))
         cached = getattr(self, "_pos_cache", None)
         if cached is None or cached[0] != key:
             cached = self._pos_cache = (key, self._make_pos_embed(hw))
