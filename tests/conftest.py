@@ -42,7 +42,8 @@ def seeded_checkpoint(tmp_path_factory):
             made[key] = write_checkpoint(root / f"{name}_{seed}_{obj_score_bias}.pt", name, seed, obj_score_bias)
         return made[key]
 
-    return make
+    yield make
+    shutil.rmtree(root, ignore_errors=True)  # ~1 GB of checkpoints: not left in /tmp
 
 
 @pytest.fixture(scope="session")
