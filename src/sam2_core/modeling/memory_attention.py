@@ -76,7 +76,8 @@ class RoPEAttention(Attention):
         """
         q = split_heads(self.q_proj(q), self.num_heads)  # (B, h, Nq, d)
         k = split_heads(self.k_proj(k), self.num_heads)  # (B, h, Nk, d)
-        folded = self.folds_values(q)  # if so, the value projection follows the attention
+        # if folded, the value projection follows the attention (Attention._attend_folded)
+        folded = k.shape[-2] > 0 and self.folds_values(q)
         if not folded:
             v = split_heads(self.v_proj(v), self.num_heads)
         if rope is None:
