@@ -3,8 +3,9 @@
 A tracked 1024-px frame allocates and frees dozens of tensors of 10-150 MB. By default glibc
 serves large blocks with fresh pages from the kernel (``mmap``) and hands them back when they
 are freed (its threshold starts at 128 KB and adapts), so every frame pays again for page faults
-and for zeroing those pages: about 1.2 million minor page faults and a tenth of the image
-encoder's time (``benchmarks/bench_video.py``; docs/engine.md). :func:`tune_cpu_allocator`
+and for zeroing those pages: a process that builds the tiny model and encodes four 1024-px
+frames took 1.2 million minor page faults, and a tenth of the encoder's time went to them
+(docs/engine.md). :func:`tune_cpu_allocator`
 raises the threshold to glibc's ceiling (32 MB) and lets freed memory stay in the process (up
 to 512 MB above the heap top), so that one frame's blocks are reused by the next.
 :func:`release_free_memory` gives the freed memory back when a propagation ends.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,15 +97,18 @@ class Attention(nn.Module):
         self.dropout_p = dropout
 
     def _project(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, project_values: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project and split into heads; ``project_values=False`` leaves v as given (B, Nk, kv_in_dim)
+        for :meth:`_attend_folded`."""
         q = split_heads(self.q_proj(q), self.num_heads)  # (B, h, Nq, d)
         k = split_heads(self.k_proj(k), self.num_heads)  # (B, h, Nk, d)
-        v = split_heads(self.v_proj(v), self.num_heads)  # (B, h, Nk, d)
+        if project_values:
+            v = split_heads(self.v_proj(v), self.num_heads)  # (B, h, Nk, d)
         return q, k, v
 
     def folds_values(self, q: torch.Tensor) -> bool:
-        """Whether :meth:`_attend_folded` applies to projected queries ``q``: float32 on the CPU
+        """Whether :meth:`_attend_folded` applies to queries ``q``: float32 on the CPU
         without autocast, autograd or dropout, and values narrower than a head (memory attention's
         64-channel memories, 256-wide head). Elsewhere the fused SDPA kernels are faster."""
         return (self.kv_in_dim + 1 < self.internal_dim // self.num_heads and q.device.type == "cpu"
@@ -132,7 +137,7 @@ class Attention(nn.Module):
         n_blocks = -(-nk // 4096)
         cols = -(-nk // n_blocks)  # key blocks of equal size (memory frames plus pointers)
         buf = q.new_empty(rows, cols)
-        for i, j in ((i, j) for i in range(b) for j in range(h)):
+        for i, j in itertools.product(range(b), range(h)):
             for s in range(0, nq, rows):
                 e = min(nq, s + rows)
                 acc, top = out[i, j, s:e], None  # (rows, c + 1) accumulator; running row maxima

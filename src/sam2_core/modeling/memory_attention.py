@@ -15,7 +15,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from sam2_core.modeling.common import Attention, split_heads
+from sam2_core.modeling.common import Attention
 from sam2_core.modeling.position_encoding import apply_rope, axial_rope_tables, window_rope_tables
 
 #: (cos, sin) RoPE tables, each (N, d/2) shared or (B, N, d/2) per batch item.
@@ -74,12 +74,9 @@ class RoPEAttention(Attention):
             rope: explicit (query tables, key tables) for tokens that are not one whole grid;
                 the key tables cover the Nk - num_k_exclude_rope rotated keys.
         """
-        q = split_heads(self.q_proj(q), self.num_heads)  # (B, h, Nq, d)
-        k = split_heads(self.k_proj(k), self.num_heads)  # (B, h, Nk, d)
         # if folded, the value projection follows the attention (Attention._attend_folded)
         folded = k.shape[-2] > 0 and self.folds_values(q)
-        if not folded:
-            v = split_heads(self.v_proj(v), self.num_heads)
+        q, k, v = self._project(q, k, v, project_values=not folded)
         if rope is None:
             if q.shape[-2] != k.shape[-2] and not self.rope_k_repeat:
                 raise ValueError("keys and queries differ in length but rope_k_repeat is off")
