@@ -3,6 +3,8 @@
 - memory attention's cross-attention attends to the raw 64-channel memories and projects the
   result (``Attention._attend_folded``) instead of projecting every memory to 256 channels;
 - the image encoder keeps its interpolated position embedding between frames;
+- the 1x1 convolutions of the neck and the decoder's skips multiply channels-last trunk maps
+  over their channels (``PointwiseConv2d``) rather than copying them for the convolution;
 - the allocator keeps large freed blocks for reuse (``sam2_core.allocator``).
 """
 
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 from sam2_core import allocator
+from sam2_core.modeling.common import PointwiseConv2d
 from sam2_core.modeling.hiera import Hiera
 from sam2_core.modeling.memory_attention import MemoryAttention, RoPEAttention
 
@@ -148,3 +151,37 @@ def test_position_embedding_of_weights_made_in_inference_mode():
     with torch.inference_mode():
         trunk = Hiera(embed_dim=16, num_heads=1, stages=(1, 1, 1, 1), global_att_blocks=(2,)).eval()
         assert torch.equal(trunk._pos_embed((16, 16)), trunk._make_pos_embed((16, 16)))
+
+
+def test_pointwise_conv_on_channels_last_maps():
+    """Same values and gradients as nn.Conv2d; the layout of the input is kept."""
+    torch.manual_seed(0)
+    conv = PointwiseConv2d(96, 256)
+    plain = torch.nn.Conv2d(96, 256, kernel_size=1)
+    plain.load_state_dict(conv.state_dict())  # the same keys and shapes as nn.Conv2d's
+    tokens = torch.randn(2, 20, 24, 96, dtype=torch.float64)  # (B, H, W, C), as the trunk has them
+    x = tokens.permute(0, 3, 1, 2).requires_grad_()  # (B, C, H, W) view, channels-last
+    conv, plain = conv.double(), plain.double()
+    ours = conv(x)
+    ref = plain(x.detach().contiguous())
+    assert ours.shape == (2, 256, 20, 24) and ours.stride(1) == 1  # no copy into (B, C, H, W)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    ours.square().sum().backward()
+    xr = x.detach().contiguous().requires_grad_()
+    plain(xr).square().sum().backward()
+    torch.testing.assert_close(x.grad, xr.grad)
+    torch.testing.assert_close(conv.weight.grad, plain.weight.grad)
+    contiguous = conv(x.detach().contiguous())  # (B, C, H, W) input: the ordinary convolution
+    assert contiguous.is_contiguous()
+    torch.testing.assert_close(contiguous, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_encoder_features_contiguous():
+    """The features the predictors keep are ordinary (B, C, H, W) tensors."""
+    from sam2_core import build_sam2
+
+    model = build_sam2("sam2.1_hiera_tiny", image_size=256, device="cpu", pretrained=False).eval()
+    with torch.no_grad():
+        feats = model.encode_image(torch.randn(1, 3, 256, 256))
+    assert feats.vision_features.is_contiguous()
+    assert all(f.is_contiguous() for f in feats.high_res)

@@ -1,4 +1,5 @@
-"""Small building blocks shared by several modules: MLP, LayerNorm2d, multi-head Attention."""
+"""Small building blocks shared by several modules: MLP, LayerNorm2d, a 1x1 convolution,
+multi-head Attention."""
 
 from __future__ import annotations
 
@@ -7,6 +8,24 @@ import itertools
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class PointwiseConv2d(nn.Conv2d):
+    """1x1 convolution (B, C, H, W) -> (B, C', H, W) with nn.Conv2d's parameters (same keys).
+
+    A channels-last input (a permuted (B, H, W, C) map, as the trunk returns its stages) is
+    multiplied over its channels directly and the output stays channels-last: the same sums as
+    the convolution, without the copy into (B, C, H, W) that the CPU convolution makes. Other
+    inputs take the ordinary convolution."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.stride(1) != 1 or x.shape[1] == 1:
+            return super().forward(x)
+        y = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)  # (B, H, W, C')
+        return y.permute(0, 3, 1, 2)
 
 
 class MLP(nn.Module):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam2_core.modeling.common import PointwiseConv2d
 from sam2_core.modeling.hiera import Hiera
 from sam2_core.modeling.position_encoding import PositionEmbeddingSine
 
@@ -30,12 +31,14 @@ class FpnNeck(nn.Module):
         self.convs = nn.ModuleList()
         for dim in backbone_channel_list:
             lateral = nn.Sequential()
-            lateral.add_module("conv", nn.Conv2d(dim, d_model, kernel_size=1))
+            lateral.add_module("conv", PointwiseConv2d(dim, d_model))
             self.convs.append(lateral)
         self.fpn_top_down_levels = list(fpn_top_down_levels)
 
     def forward(self, xs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """xs: trunk maps, high resolution first -> (features, positional encodings), same order."""
+        """xs: trunk maps, high resolution first -> (features, positional encodings), same order.
+
+        Channels-last inputs (the trunk's) give channels-last features."""
         n = len(self.convs) - 1
         out: list[torch.Tensor] = [xs[0]] * (n + 1)
         prev = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sam2_core.modeling.common import MLP, LayerNorm2d
+from sam2_core.modeling.common import MLP, LayerNorm2d, PointwiseConv2d
 from sam2_core.modeling.transformer import TwoWayTransformer
 
 
@@ -50,8 +50,8 @@ class MaskDecoder(nn.Module):
             nn.ConvTranspose2d(c // 4, c // 8, kernel_size=2, stride=2),
             activation(),
         )
-        self.conv_s0 = nn.Conv2d(c, c // 8, kernel_size=1, stride=1)
-        self.conv_s1 = nn.Conv2d(c, c // 4, kernel_size=1, stride=1)
+        self.conv_s0 = PointwiseConv2d(c, c // 8)
+        self.conv_s1 = PointwiseConv2d(c, c // 4)
         self.output_hypernetworks_mlps = nn.ModuleList(
             MLP(c, c, c // 8, 3) for _ in range(self.num_mask_tokens)
         )

@@ -153,11 +153,12 @@ class SAM2Model(nn.Module):
     def encode_image(self, image: torch.Tensor) -> ImageFeatures:
         """image: (B, 3, S, S) normalised -> ImageFeatures (high-res skips precomputed)."""
         out = self.image_encoder(image)
-        fpn = out["backbone_fpn"]
+        fpn = out["backbone_fpn"]  # channels-last views (the neck's 1x1 convs keep the layout)
+        dec = self.sam_mask_decoder
         return ImageFeatures(
-            vision_features=fpn[-1],
+            vision_features=fpn[-1].contiguous(),
             vision_pos=out["vision_pos_enc"][-1],
-            high_res=[self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1])],
+            high_res=[dec.conv_s0(fpn[0]).contiguous(), dec.conv_s1(fpn[1]).contiguous()],
         )
 
     def add_no_mem_embed(self, vision_features: torch.Tensor) -> torch.Tensor:
