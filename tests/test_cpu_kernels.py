@@ -3,6 +3,7 @@
 - memory attention's cross-attention attends to the raw 64-channel memories and projects the
   result (``Attention._attend_folded``) instead of projecting every memory to 256 channels;
 - the image encoder keeps its interpolated position embedding between frames;
+- the image encoder projects only the real tokens of zero-padded windows;
 - the 1x1 convolutions of the neck and the decoder's skips multiply channels-last trunk maps
   over their channels (``PointwiseConv2d``) rather than copying them for the convolution;
 - the allocator keeps large freed blocks for reuse (``sam2_core.allocator``).
@@ -185,3 +186,24 @@ def test_encoder_features_contiguous():
         feats = model.encode_image(torch.randn(1, 3, 256, 256))
     assert feats.vision_features.is_contiguous()
     assert all(f.is_contiguous() for f in feats.high_res)
+
+
+@pytest.mark.parametrize("block_index", [4, 10, 11])
+def test_padded_windows_project_real_tokens_only(block_index):
+    """Windowed blocks of a map that is not a multiple of the window (stage 3 and 4 at 512 px:
+    32 x 32 in 14-px windows, 16 x 16 in 7-px windows, the pooling block between them): the
+    inference path equals the plain one (padded tokens projected, as under autograd)."""
+    torch.manual_seed(0)
+    trunk = Hiera(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9),
+                  window_pos_embed_bkg_spatial_size=(7, 7)).double().eval()
+    for p in trunk.parameters():
+        p.data.normal_(0, 0.1)
+    block = trunk.blocks[block_index]
+    hw = 16 if block_index == 11 else 32
+    assert hw % block.window_size  # padded
+    x = torch.randn(2, hw, hw, block.dim, dtype=torch.float64)
+    with torch.no_grad():
+        ours = block(x)
+    plain = block(x)  # autograd on: every padded token projected
+    assert plain.requires_grad and ours.shape == plain.shape
+    torch.testing.assert_close(ours, plain.detach(), rtol=1e-10, atol=1e-10)

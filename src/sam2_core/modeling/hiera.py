@@ -46,7 +46,14 @@ def _pool(x: torch.Tensor, pool: nn.Module | None) -> torch.Tensor:
 
 
 class MultiScaleAttention(nn.Module):
-    """Self-attention over (B, H, W, C) tokens, optionally max-pooling the queries 2x."""
+    """Self-attention over (B, H, W, C) tokens within ws x ws windows (ws = 0: over the whole map),
+    optionally max-pooling the queries 2x.
+
+    Windows are zero-padded and the padded tokens take part in attention unmasked (Meta's rule):
+    their keys and values are the projection biases. Without autograd, a padded map has only its
+    real tokens projected (``_padded_windows``); the output projection always runs after the
+    windows are merged, on real tokens only.
+    """
 
     def __init__(self, dim: int, dim_out: int, num_heads: int, q_pool: nn.Module | None = None):
         super().__init__()
@@ -55,26 +62,63 @@ class MultiScaleAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim_out * 3)
         self.proj = nn.Linear(dim_out, dim_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, window_size: int = 0) -> torch.Tensor:
+        """x: (B, H, W, dim) -> (B, H', W', dim_out), H' = H / 2 when the queries are pooled."""
         b, h, w, _ = x.shape
-        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, -1)  # (B, HW, 3, heads, d)
-        q, k, v = torch.unbind(qkv, 2)  # each (B, HW, heads, d)
+        ws = window_size
+        stride = self.q_pool.stride if self.q_pool is not None else 1
+        stride = stride[0] if isinstance(stride, tuple) else stride
+        if ws == 0:
+            return self.proj(self._attend(self.qkv(x)))
+        if (h % ws or w % ws) and not torch.is_grad_enabled():
+            out, pad_hw = self._padded_windows(x, ws)
+        else:
+            windows, pad_hw = window_partition(x, ws)  # (B * nW, ws, ws, dim)
+            out = self._attend(self.qkv(windows))
+        ws_out = ws // stride
+        out = window_unpartition(out, ws_out, (pad_hw[0] // stride, pad_hw[1] // stride),
+                                 (h // stride, w // stride))
+        return self.proj(out)
+
+    def _padded_windows(self, x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Attention in padded windows, projecting only the real tokens.
+
+        A padded token's q, k and v are the biases. Projecting without bias and padding with
+        zeros, then adding the query bias, leaves out the key bias (it adds q . b_k to every key's
+        score of a query: softmax ignores it) and the value bias (the weights sum to one, so it is
+        added to the output). The same function up to float rounding, on (H*W) instead of
+        (Hp*Wp) tokens."""
+        weight, bias = self.qkv.weight, self.qkv.bias
+        qkv, pad_hw = window_partition(F.linear(x, weight), ws)  # padded tokens exactly 0
+        d = weight.shape[0] // 3
+        if bias is None:
+            return self._attend(qkv), pad_hw
+        return self._attend(qkv, q_bias=bias[:d], v_bias=bias[2 * d :]), pad_hw
+
+    def _attend(self, qkv: torch.Tensor, q_bias: torch.Tensor | None = None,
+                v_bias: torch.Tensor | None = None) -> torch.Tensor:
+        """qkv: (N, h, w, 3 * dim_out) -> attention output (N, h', w', dim_out), before proj."""
+        n, h, w, _ = qkv.shape
+        qkv = qkv.reshape(n, h * w, 3, self.num_heads, -1)  # (N, hw, 3, heads, d)
+        q, k, v = torch.unbind(qkv, 2)  # each (N, hw, heads, d)
+        if q_bias is not None:
+            q = q + q_bias.view(self.num_heads, -1)
         if self.q_pool is not None:
-            q = _pool(q.reshape(b, h, w, -1), self.q_pool)  # (B, H/2, W/2, heads*d)
+            q = _pool(q.reshape(n, h, w, -1), self.q_pool)  # (N, h/2, w/2, heads*d)
             h, w = q.shape[1:3]
-            q = q.reshape(b, h * w, self.num_heads, -1)
+            q = q.reshape(n, h * w, self.num_heads, -1)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        )  # (B, heads, HqWq, d)
-        out = out.transpose(1, 2).reshape(b, h, w, -1)
-        return self.proj(out)
+        )  # (N, heads, h'w', d)
+        if v_bias is not None:
+            out = out + v_bias.view(self.num_heads, 1, -1)
+        return out.transpose(1, 2).reshape(n, h, w, -1)
 
 
 class MultiScaleBlock(nn.Module):
     """Pre-norm transformer block; stage transitions widen the channels and pool the queries.
 
     The shortcut of a widening block is ``pool(proj(norm1(x)))`` (it uses the normalised input).
-    Windows are zero-padded and the padded tokens take part in attention unmasked.
     """
 
     def __init__(
@@ -104,19 +148,7 @@ class MultiScaleBlock(nn.Module):
         x = self.norm1(x)
         if self.dim != self.dim_out:
             shortcut = _pool(self.proj(x), self.pool)
-        ws = self.window_size
-        h, w = x.shape[1:3]
-        pad_hw = (h, w)
-        if ws > 0:
-            x, pad_hw = window_partition(x, ws)
-        x = self.attn(x)
-        if self.q_stride is not None:
-            ws = ws // self.q_stride[0]
-            h, w = shortcut.shape[1:3]
-            pad_hw = (h + (ws - h % ws) % ws, w + (ws - w % ws) % ws) if ws > 0 else (h, w)
-        if self.window_size > 0:
-            x = window_unpartition(x, ws, pad_hw, (h, w))
-        x = shortcut + x
+        x = shortcut + self.attn(x, self.window_size)
         return x + self.mlp(self.norm2(x))
 
 
