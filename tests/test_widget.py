@@ -504,6 +504,10 @@ def test_switching_speed_keeps_prompts(make_napari_viewer, qtbot, small_checkpoi
     assert c.session is not old and c.session.model is old.model and c.session.predictor.speed == "fast"
     np.testing.assert_array_equal(pts.data, data)
     assert pts.features.equals(features)
+    # fast mode's own precision is "auto": bfloat16 on CPUs with AMX, where the seeded random
+    # weights leave an object's presence to rounding; float32 makes the outcome the same everywhere
+    w.precision.value = "fp32"
+    np.testing.assert_array_equal(pts.data, data)
     viewer.dims.current_step = (2, 0, 0)  # the new session has no stack yet: no prefetch, no error
     _wait_idle(qtbot, c)
     viewer.dims.current_step = (0, 0, 0)
