@@ -102,7 +102,7 @@ class MultiScaleAttention(nn.Module):
         qkv = qkv.reshape(n, h * w, 3, self.num_heads, -1)  # (N, hw, 3, heads, d)
         q, k, v = torch.unbind(qkv, 2)  # each (N, hw, heads, d)
         if q_bias is not None:
-            q = q + q_bias.view(self.num_heads, -1)
+            q = q + q_bias.to(q.dtype).view(self.num_heads, -1)  # (autocast: q is reduced precision)
         if self.q_pool is not None:
             q = _pool(q.reshape(n, h, w, -1), self.q_pool)  # (N, h/2, w/2, heads*d)
             h, w = q.shape[1:3]
@@ -111,7 +111,7 @@ class MultiScaleAttention(nn.Module):
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         )  # (N, heads, h'w', d)
         if v_bias is not None:
-            out = out + v_bias.view(self.num_heads, 1, -1)
+            out = out + v_bias.to(out.dtype).view(self.num_heads, 1, -1)
         return out.transpose(1, 2).reshape(n, h, w, -1)
 
 
