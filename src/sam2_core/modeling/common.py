@@ -14,15 +14,15 @@ class PointwiseConv2d(nn.Conv2d):
     """1x1 convolution (B, C, H, W) -> (B, C', H, W) with nn.Conv2d's parameters (same keys).
 
     A channels-last input (a permuted (B, H, W, C) map, as the trunk returns its stages) is
-    multiplied over its channels directly and the output stays channels-last: the same sums as
-    the convolution, without the copy into (B, C, H, W) that the CPU convolution makes. Other
-    inputs take the ordinary convolution."""
+    multiplied over its channels directly and the output stays channels-last: the convolution's
+    function up to float rounding, without the slow path the CPU convolution takes on such views.
+    Other inputs take the ordinary convolution."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(in_channels, out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.stride(1) != 1 or x.shape[1] == 1:
+        if x.dim() != 4 or x.stride(1) != 1:
             return super().forward(x)
         y = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)  # (B, H, W, C')
         return y.permute(0, 3, 1, 2)

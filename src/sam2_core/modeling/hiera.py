@@ -61,13 +61,13 @@ class MultiScaleAttention(nn.Module):
         self.q_pool = q_pool
         self.qkv = nn.Linear(dim, dim_out * 3)
         self.proj = nn.Linear(dim_out, dim_out)
+        stride = q_pool.stride if q_pool is not None else 1
+        self.pool_stride = stride[0] if isinstance(stride, tuple) else stride
 
     def forward(self, x: torch.Tensor, window_size: int = 0) -> torch.Tensor:
         """x: (B, H, W, dim) -> (B, H', W', dim_out), H' = H / 2 when the queries are pooled."""
-        b, h, w, _ = x.shape
-        ws = window_size
-        stride = self.q_pool.stride if self.q_pool is not None else 1
-        stride = stride[0] if isinstance(stride, tuple) else stride
+        _, h, w, _ = x.shape
+        ws, stride = window_size, self.pool_stride
         if ws == 0:
             return self.proj(self._attend(self.qkv(x)))
         if (h % ws or w % ws) and not torch.is_grad_enabled():
@@ -88,12 +88,9 @@ class MultiScaleAttention(nn.Module):
         score of a query: softmax ignores it) and the value bias (the weights sum to one, so it is
         added to the output). The same function up to float rounding, on (H*W) instead of
         (Hp*Wp) tokens."""
-        weight, bias = self.qkv.weight, self.qkv.bias
-        qkv, pad_hw = window_partition(F.linear(x, weight), ws)  # padded tokens exactly 0
-        d = weight.shape[0] // 3
-        if bias is None:
-            return self._attend(qkv), pad_hw
-        return self._attend(qkv, q_bias=bias[:d], v_bias=bias[2 * d :]), pad_hw
+        qkv, pad_hw = window_partition(F.linear(x, self.qkv.weight), ws)  # padded tokens exactly 0
+        q_bias, _, v_bias = self.qkv.bias.chunk(3)
+        return self._attend(qkv, q_bias=q_bias, v_bias=v_bias), pad_hw
 
     def _attend(self, qkv: torch.Tensor, q_bias: torch.Tensor | None = None,
                 v_bias: torch.Tensor | None = None) -> torch.Tensor:
