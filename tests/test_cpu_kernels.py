@@ -6,7 +6,9 @@
 - the image encoder projects only the real tokens of zero-padded windows;
 - the 1x1 convolutions of the neck and the decoder's skips multiply channels-last trunk maps
   over their channels (``PointwiseConv2d``) rather than copying them for the convolution;
-- the allocator keeps large freed blocks for reuse (``sam2_core.allocator``).
+- the allocator keeps large freed blocks for reuse (``sam2_core.allocator``);
+- float32 linear layers and memory attention's score blocks go through oneDNN where a probe found
+  it faster (``sam2_core.modeling.linear``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,17 @@ import torch
 from sam2_core import allocator
 from sam2_core.modeling.common import PointwiseConv2d
 from sam2_core.modeling.hiera import Hiera
+from sam2_core.modeling import linear as lin
 from sam2_core.modeling.memory_attention import MemoryAttention, RoPEAttention
+
+needs_onednn = pytest.mark.skipif(lin._onednn_op() is None, reason="torch built without oneDNN")
+
+
+@pytest.fixture(params=["torch", pytest.param("onednn", marks=needs_onednn)])
+def linear_kernel(request, monkeypatch):
+    """Each test runs with torch's default linear kernel and with oneDNN's, forced."""
+    monkeypatch.setenv("NAPARI_SAM2_LINEAR", request.param)
+    return request.param
 
 
 def _cross(num_heads: int = 1) -> RoPEAttention:
@@ -31,7 +43,7 @@ def _cross(num_heads: int = 1) -> RoPEAttention:
 
 
 @pytest.mark.parametrize("num_heads", [1, 2])
-def test_folded_cross_attention_matches_float64(num_heads):
+def test_folded_cross_attention_matches_float64(num_heads, linear_kernel):
     """Several query blocks (> 1024 queries) and uneven key blocks (3 frames + 16 pointers)."""
     attn = _cross(num_heads)
     q = torch.randn(2, 48 * 48, 256) * 3
@@ -47,7 +59,7 @@ def test_folded_cross_attention_matches_float64(num_heads):
     assert err <= max(2 * sdpa_err, 1e-5 * ref.abs().max().item()), (err, sdpa_err)
 
 
-def test_folded_attention_survives_large_logits():
+def test_folded_attention_survives_large_logits(linear_kernel):
     """A later key block with a higher maximum rescales the sums already made (no overflow)."""
     attn = _cross()
     q = torch.randn(1, 32 * 32, 256)
@@ -76,7 +88,7 @@ def test_folding_only_where_it_is_exact_and_faster():
         assert not self_attn.folds_values(q.detach())  # values as wide as the head: nothing to gain
 
 
-def test_memory_attention_with_grad_equals_without():
+def test_memory_attention_with_grad_equals_without(linear_kernel):
     """The whole stack: inference (folded) and autograd (SDPA) paths agree."""
     torch.manual_seed(1)
     ma = MemoryAttention(num_layers=2, dim_feedforward=128).eval()
@@ -207,3 +219,57 @@ def test_padded_windows_project_real_tokens_only(block_index):
     plain = block(x)  # autograd on: every padded token projected
     assert plain.requires_grad and ours.shape == plain.shape
     torch.testing.assert_close(ours, plain.detach(), rtol=1e-10, atol=1e-10)
+
+
+@needs_onednn
+@pytest.mark.parametrize("layout", ["2d", "4d", "channels_last_view", "no_bias"])
+def test_onednn_linear_matches_float64(layout, monkeypatch):
+    monkeypatch.setenv("NAPARI_SAM2_LINEAR", "onednn")
+    torch.manual_seed(0)
+    w, b = torch.randn(288, 96), torch.randn(288)
+    x = {"2d": torch.randn(700, 96), "4d": torch.randn(2, 24, 24, 96), "no_bias": torch.randn(700, 96),
+         "channels_last_view": torch.randn(2, 96, 24, 24).permute(0, 2, 3, 1)}[layout]
+    b = None if layout == "no_bias" else b
+    with torch.no_grad():
+        assert lin.applies(x)
+        ours = lin.linear(x, w, b)
+    ref = torch.nn.functional.linear(x.double(), w.double(), None if b is None else b.double())
+    assert ours.shape == ref.shape and ours.dtype == torch.float32 and ours.is_contiguous()
+    assert (ours.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+def test_linear_kernel_choice(monkeypatch):
+    """oneDNN only for float32 CPU inference; autograd, autocast and other dtypes keep F.linear."""
+    layer = lin.Linear(8, 4)
+    assert list(layer.state_dict()) == list(torch.nn.Linear(8, 4).state_dict())  # Meta's keys
+    x = torch.randn(3, 8)
+    monkeypatch.setenv("NAPARI_SAM2_LINEAR", "onednn")
+    assert not lin.applies(x)  # autograd on: the op has no backward
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None
+    with torch.no_grad():
+        assert lin.applies(x) == (lin._onednn_op() is not None)
+        assert not lin.applies(x.double()) and not lin.applies(x.bfloat16())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not lin.applies(x)
+        monkeypatch.setenv("NAPARI_SAM2_LINEAR", "torch")
+        assert not lin.applies(x)
+        monkeypatch.setenv("NAPARI_SAM2_LINEAR", "mkl")
+        with pytest.raises(ValueError, match="NAPARI_SAM2_LINEAR"):
+            lin.applies(x)
+    monkeypatch.delenv("NAPARI_SAM2_LINEAR")
+    assert lin.probe_speedup() >= 0.0  # measured once per process; 0.0 without oneDNN
+    assert lin.onednn_faster() == (lin.probe_speedup() >= lin.MIN_SPEEDUP)
+
+
+@pytest.mark.parametrize("act", [torch.nn.ReLU(), torch.nn.GELU(), torch.nn.GELU(approximate="tanh"), torch.nn.SiLU()])
+def test_linear_with_activation_fused(act, linear_kernel):
+    """The MLPs' hidden layers: act(layer(x)), fused into oneDNN's kernel for ReLU and exact GELU."""
+    torch.manual_seed(0)
+    layer = lin.Linear(96, 384)
+    x = torch.randn(2, 40, 40, 96)
+    with torch.no_grad():
+        ours = lin.linear_act(x, layer, act)
+    ref = act.double()(torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double()))
+    assert ours.shape == ref.shape
+    assert (ours.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()

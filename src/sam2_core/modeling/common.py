@@ -9,6 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sam2_core.modeling import linear as lin
+from sam2_core.modeling.linear import Linear
+
 
 class PointwiseConv2d(nn.Conv2d):
     """1x1 convolution (B, C, H, W) -> (B, C', H, W) with nn.Conv2d's parameters (same keys).
@@ -24,7 +27,7 @@ class PointwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.stride(1) != 1:
             return super().forward(x)
-        y = F.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)  # (B, H, W, C')
+        y = lin.linear(x.permute(0, 2, 3, 1), self.weight.flatten(1), self.bias)  # (B, H, W, C')
         return y.permute(0, 3, 1, 2)
 
 
@@ -46,16 +49,14 @@ class MLP(nn.Module):
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+        self.layers = nn.ModuleList(Linear(i, o) for i, o in zip(dims_in, dims_out))
         self.act = activation()
         self.sigmoid_output = sigmoid_output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < last:
-                x = self.act(x)
+            x = lin.linear_act(x, layer, self.act) if i < last else layer(x)
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 
@@ -109,10 +110,10 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         if self.internal_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide {self.internal_dim}")
-        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
-        self.v_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
-        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
+        self.q_proj = Linear(embedding_dim, self.internal_dim)
+        self.k_proj = Linear(self.kv_in_dim, self.internal_dim)
+        self.v_proj = Linear(self.kv_in_dim, self.internal_dim)
+        self.out_proj = Linear(self.internal_dim, embedding_dim)
         self.dropout_p = dropout
 
     def _project(
@@ -144,7 +145,8 @@ class Attention(nn.Module):
         row's sum of weights, so the weights are normalised after the product (c + 1 wide) rather
         than before it (Nk wide). As in flash attention, scores are made for blocks of up to 1024
         queries and ~4096 keys (16 MB, which the allocator reuses), with a running maximum per
-        query: blocks already summed are rescaled when a later block raises it.
+        query: blocks already summed are rescaled when a later block raises it. Score blocks go
+        through :func:`sam2_core.modeling.linear.linear`'s oneDNN kernel where that is faster.
         """
         b, h, nq, d = q.shape
         nk, c = v_in.shape[1], v_in.shape[2]
@@ -155,14 +157,20 @@ class Attention(nn.Module):
         rows = min(nq, 1024)
         n_blocks = -(-nk // 4096)
         cols = -(-nk // n_blocks)  # key blocks of equal size (memory frames plus pointers)
-        buf = q.new_empty(rows, cols)
+        onednn = lin.applies(q)  # score blocks q k^T through oneDNN where it is faster (modeling.linear)
+        if onednn:
+            k = k.contiguous()  # the kernel takes the key rows as its weight
+        buf = None if onednn else q.new_empty(rows, cols)
         for i, j in itertools.product(range(b), range(h)):
             for s in range(0, nq, rows):
                 e = min(nq, s + rows)
                 acc, top = out[i, j, s:e], None  # (rows, c + 1) accumulator; running row maxima
                 for k0 in range(0, nk, cols):
                     k1 = min(nk, k0 + cols)
-                    scores = torch.mm(q[i, j, s:e], kt[i, j, :, k0:k1], out=buf[: e - s, : k1 - k0])
+                    if onednn:
+                        scores = lin.linear(q[i, j, s:e], k[i, j, k0:k1])
+                    else:
+                        scores = torch.mm(q[i, j, s:e], kt[i, j, :, k0:k1], out=buf[: e - s, : k1 - k0])
                     m = scores.amax(dim=-1, keepdim=True)
                     if top is None:
                         top = m

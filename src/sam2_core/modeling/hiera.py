@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sam2_core.modeling.common import MLP
+from sam2_core.modeling.linear import Linear, linear
 
 
 def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -59,8 +60,8 @@ class MultiScaleAttention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.q_pool = q_pool
-        self.qkv = nn.Linear(dim, dim_out * 3)
-        self.proj = nn.Linear(dim_out, dim_out)
+        self.qkv = Linear(dim, dim_out * 3)
+        self.proj = Linear(dim_out, dim_out)
         stride = q_pool.stride if q_pool is not None else 1
         self.pool_stride = stride[0] if isinstance(stride, tuple) else stride
 
@@ -88,7 +89,7 @@ class MultiScaleAttention(nn.Module):
         score of a query: softmax ignores it) and the value bias (the weights sum to one, so it is
         added to the output). The same function up to float rounding, on (H*W) instead of
         (Hp*Wp) tokens."""
-        qkv, pad_hw = window_partition(F.linear(x, self.qkv.weight), ws)  # padded tokens exactly 0
+        qkv, pad_hw = window_partition(linear(x, self.qkv.weight), ws)  # padded tokens exactly 0
         q_bias, _, v_bias = self.qkv.bias.chunk(3)
         return self._attend(qkv, q_bias=q_bias, v_bias=v_bias), pad_hw
 
@@ -137,7 +138,7 @@ class MultiScaleBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim_out, eps=1e-6)
         self.mlp = MLP(dim_out, int(dim_out * mlp_ratio), dim_out, 2, activation=nn.GELU)
         if dim != dim_out:
-            self.proj = nn.Linear(dim, dim_out)
+            self.proj = Linear(dim, dim_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, dim) -> (B, H', W', dim_out)."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sam2_core.modeling.common import Attention
+from sam2_core.modeling.linear import Linear, linear_act
 from sam2_core.modeling.position_encoding import apply_rope, axial_rope_tables, window_rope_tables
 
 #: (cos, sin) RoPE tables, each (N, d/2) shared or (B, N, d/2) per batch item.
@@ -107,8 +108,8 @@ class MemoryAttentionLayer(nn.Module):
         self.cross_attn_image = RoPEAttention(
             d_model, 1, dropout=dropout, kv_in_dim=mem_dim, rope_k_repeat=True
         )
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.linear1 = Linear(d_model, dim_feedforward)
+        self.linear2 = Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
@@ -153,7 +154,10 @@ class MemoryAttentionLayer(nn.Module):
         )
         tgt = tgt + self.dropout2(t)
         t = self.norm3(tgt)
-        t = self.linear2(self.dropout(self.activation(self.linear1(t))))
+        if self.training and self.dropout.p > 0:
+            t = self.linear2(self.dropout(self.activation(self.linear1(t))))
+        else:  # ReLU fused into the product where oneDNN runs it (modeling.linear)
+            t = self.linear2(linear_act(t, self.linear1, self.activation))
         return tgt + self.dropout3(t)
 
     def self_part(self, tgt: torch.Tensor, *, feat_hw: tuple[int, int],

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from sam2_core.modeling.common import LayerNorm2d
+from sam2_core.modeling.linear import Linear
 from sam2_core.modeling.position_encoding import PositionEmbeddingSine
 
 
@@ -40,9 +41,9 @@ class CXBlock(nn.Module):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=padding, groups=dim)
         self.norm = LayerNorm2d(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.pwconv1 = Linear(dim, 4 * dim)
         self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.pwconv2 = Linear(4 * dim, dim)
         self.gamma = nn.Parameter(1e-6 * torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
