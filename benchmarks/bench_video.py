@@ -124,7 +124,12 @@ def worker(args: argparse.Namespace) -> dict:
                 times.append(t1 - t0)
                 cpu.append(c1 - c0)
             t0, c0 = t1, c1
-    return {"impl": args.impl, "median_s": float(np.median(times)) if times else None,
+    kernel = None
+    if args.impl == "ours":
+        from sam2_core.modeling import linear
+
+        kernel = "onednn" if linear.onednn_faster() else "torch"  # modeling.linear's choice in this run
+    return {"impl": args.impl, "linear": kernel, "median_s": float(np.median(times)) if times else None,
             "median_cpu_s": float(np.median(cpu)) if cpu else None,
             "frames": len(times) + 1, "peak_rss_mb": peak_rss_mb(), "torch": torch.__version__}
 
@@ -213,6 +218,8 @@ def main() -> None:
                         if args.repeats > 1:
                             each = [o["median_s"] / m["median_s"] for o, m in zip(runs["ours"], runs["meta"])]
                             line += f"   (wall ratio per repeat {min(each):.2f}-{max(each):.2f}x)"
+                    kernels = sorted({x.get("linear") or "?" for x in runs["ours"]})
+                    line += f"   [ours' linear kernel: {', '.join(kernels)}]"
                     print(line, flush=True)
         else:
             import numpy as np
