@@ -154,10 +154,8 @@ class MemoryAttentionLayer(nn.Module):
         )
         tgt = tgt + self.dropout2(t)
         t = self.norm3(tgt)
-        if self.training and self.dropout.p > 0:
-            t = self.linear2(self.dropout(self.activation(self.linear1(t))))
-        else:  # ReLU fused into the product where oneDNN runs it (modeling.linear)
-            t = self.linear2(linear_act(t, self.linear1, self.activation))
+        # (the ReLU is fused into linear1's product where oneDNN runs it: modeling.linear)
+        t = self.linear2(self.dropout(linear_act(t, self.linear1, self.activation)))
         return tgt + self.dropout3(t)
 
     def self_part(self, tgt: torch.Tensor, *, feat_hw: tuple[int, int],
