@@ -4,6 +4,7 @@ multi-head Attention."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,9 @@ from torch import nn
 
 from sam2_core.modeling import linear as lin
 from sam2_core.modeling.linear import Linear
+
+#: log2(e): exp(x) = exp2(x * LOG2_E).
+LOG2_E = 1.0 / math.log(2.0)
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -145,40 +149,53 @@ class Attention(nn.Module):
         row's sum of weights, so the weights are normalised after the product (c + 1 wide) rather
         than before it (Nk wide). As in flash attention, scores are made for blocks of up to 1024
         queries and ~4096 keys (16 MB, which the allocator reuses), with a running maximum per
-        query: blocks already summed are rescaled when a later block raises it. Score blocks go
-        through :func:`sam2_core.modeling.linear.linear`'s oneDNN kernel where that is faster.
+        query: blocks already summed are rescaled when a later block raises it. The score and value
+        products go through :func:`sam2_core.modeling.linear.linear`'s oneDNN kernel where that
+        is faster. The queries carry a factor log2(e), so the weights are ``exp2`` of the scores:
+        the same weights, computed 2-4x faster than with ``exp`` (torch's CPU kernels;
+        docs/engine.md).
         """
         b, h, nq, d = q.shape
         nk, c = v_in.shape[1], v_in.shape[2]
-        q = q * d**-0.5
+        q = q * (d**-0.5 * LOG2_E)  # scores in base 2: exp2 is several times faster than exp on CPUs
         kt = k.transpose(-1, -2)  # (B, h, d, Nk)
         v1 = torch.cat([v_in, v_in.new_ones(b, nk, 1)], dim=-1)  # (B, Nk, c + 1)
         out = q.new_empty(b, h, nq, c + 1)
         rows = min(nq, 1024)
         n_blocks = -(-nk // 4096)
         cols = -(-nk // n_blocks)  # key blocks of equal size (memory frames plus pointers)
-        onednn = lin.applies(q)  # score blocks q k^T through oneDNN where it is faster (modeling.linear)
-        if onednn:
-            k = k.contiguous()  # the kernel takes the key rows as its weight
+        onednn = lin.applies(q)  # blocks through oneDNN where it is faster (modeling.linear)
+        starts = range(0, nk, cols)
+        if onednn:  # the kernel takes its weight's rows: key rows, and value columns per block
+            k = k.contiguous()
+            v1t = [[v1[i, k0:k0 + cols].t().contiguous() for k0 in starts] for i in range(b)]
         buf = None if onednn else q.new_empty(rows, cols)
         for i, j in itertools.product(range(b), range(h)):
             for s in range(0, nq, rows):
                 e = min(nq, s + rows)
                 acc, top = out[i, j, s:e], None  # (rows, c + 1) accumulator; running row maxima
-                for k0 in range(0, nk, cols):
+                for n, k0 in enumerate(starts):
                     k1 = min(nk, k0 + cols)
                     if onednn:
                         scores = lin.linear(q[i, j, s:e], k[i, j, k0:k1])
                     else:
                         scores = torch.mm(q[i, j, s:e], kt[i, j, :, k0:k1], out=buf[: e - s, : k1 - k0])
                     m = scores.amax(dim=-1, keepdim=True)
-                    if top is None:
-                        top = m
-                        torch.mm(scores.sub_(top).exp_(), v1[i, k0:k1], out=acc)
+                    if top is not None:  # rescale what is summed to the new row maxima
+                        m = torch.maximum(top, m)
+                        acc.mul_((top - m).exp2_())
+                    weights = scores.sub_(m).exp2_()
+                    if onednn:
+                        part = lin.linear(weights, v1t[i][n])
+                        if top is None:
+                            acc.copy_(part)
+                        else:
+                            acc.add_(part)
+                    elif top is None:
+                        torch.mm(weights, v1[i, k0:k1], out=acc)
                     else:
-                        new_top = torch.maximum(top, m)
-                        acc.mul_((top - new_top).exp_()).addmm_(scores.sub_(new_top).exp_(), v1[i, k0:k1])
-                        top = new_top
+                        acc.addmm_(weights, v1[i, k0:k1])
+                    top = m
         w = out[..., :c] / out[..., c:]  # (B, h, Nq, c): attention-weighted raw values
         weight = self.v_proj.weight.view(h, d, c)
         v = torch.einsum("bhnc,hdc->bhnd", w, weight) + self.v_proj.bias.view(h, 1, d)
