@@ -200,6 +200,20 @@ def test_encoder_features_contiguous():
     assert all(f.is_contiguous() for f in feats.high_res)
 
 
+def test_trunk_stages_are_channels_last():
+    """Every stage map, the first included, is a contiguous (B, H, W, C) map seen as (B, C, H, W):
+    the neck's 1x1 convolutions then run as products over the channels (PointwiseConv2d), and no
+    pass over stage 1 is strided (a channels-first patch embedding used to carry its layout
+    through the first block)."""
+    from sam2_core import build_sam2
+
+    model = build_sam2("sam2.1_hiera_tiny", image_size=256, device="cpu", pretrained=False).eval()
+    with torch.no_grad():
+        stages = model.image_encoder.trunk(torch.randn(1, 3, 256, 256))
+        for x in stages:
+            assert x.permute(0, 2, 3, 1).is_contiguous(), (tuple(x.shape), x.stride())
+
+
 @pytest.mark.parametrize("block_index", [4, 10, 11])
 def test_padded_windows_project_real_tokens_only(block_index):
     """Windowed blocks of a map that is not a multiple of the window (stage 3 and 4 at 512 px:
