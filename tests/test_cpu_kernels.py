@@ -20,6 +20,7 @@ import textwrap
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from sam2_core import allocator
 from sam2_core.modeling.common import PointwiseConv2d
@@ -287,3 +288,21 @@ def test_linear_with_activation_fused(act, linear_kernel):
     ref = act.double()(torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double()))
     assert ours.shape == ref.shape
     assert (ours.double() - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("strided", [False, True])
+def test_query_pooling_equals_max_pool(strided):
+    """Hiera's 2x2 pooling as the maximum of strided views: the same values as ``max_pool2d``,
+    on a contiguous map and on the queries' view of a qkv tensor; odd maps take max_pool2d."""
+    from sam2_core.modeling.hiera import _pool
+
+    pool = torch.nn.MaxPool2d(2, stride=2)
+    if strided:
+        x = torch.randn(6, 8 * 8, 3, 2, 48).unbind(2)[0].reshape(6, 8, 8, 96)
+        assert not x.is_contiguous()
+    else:
+        x = torch.randn(2, 16, 12, 32)
+    ref = F.max_pool2d(x.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1)
+    assert torch.equal(_pool(x, pool), ref)
+    odd = torch.randn(1, 7, 9, 8)  # not a multiple of the window: max_pool2d drops the remainder
+    assert torch.equal(_pool(odd, pool), F.max_pool2d(odd.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1))
