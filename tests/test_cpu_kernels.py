@@ -291,18 +291,23 @@ def test_linear_with_activation_fused(act, linear_kernel):
 
 
 @pytest.mark.parametrize("strided", [False, True])
-def test_query_pooling_equals_max_pool(strided):
+@pytest.mark.parametrize("window", [2, (2, 2)])  # Hiera's blocks give a pair
+def test_query_pooling_equals_max_pool(strided, window, monkeypatch):
     """Hiera's 2x2 pooling as the maximum of strided views: the same values as ``max_pool2d``,
     on a contiguous map and on the queries' view of a qkv tensor; odd maps take max_pool2d."""
-    from sam2_core.modeling.hiera import _pool
+    from sam2_core.modeling import hiera
 
-    pool = torch.nn.MaxPool2d(2, stride=2)
+    pool = torch.nn.MaxPool2d(window, stride=window)
     if strided:
         x = torch.randn(6, 8 * 8, 3, 2, 48).unbind(2)[0].reshape(6, 8, 8, 96)
         assert not x.is_contiguous()
     else:
         x = torch.randn(2, 16, 12, 32)
     ref = F.max_pool2d(x.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1)
-    assert torch.equal(_pool(x, pool), ref)
+    calls = []
+    monkeypatch.setattr(pool, "forward", lambda t: calls.append(t) or F.max_pool2d(t, 2, 2))
+    assert torch.equal(hiera._pool(x, pool), ref)
+    assert not calls  # the strided-view maximum, not max_pool2d
     odd = torch.randn(1, 7, 9, 8)  # not a multiple of the window: max_pool2d drops the remainder
-    assert torch.equal(_pool(odd, pool), F.max_pool2d(odd.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1))
+    assert torch.equal(hiera._pool(odd, pool), F.max_pool2d(odd.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1))
+    assert len(calls) == 1

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from sam2_core.modeling.common import MLP
 from sam2_core.modeling.linear import Linear, linear
@@ -49,16 +50,17 @@ def _pool(x: torch.Tensor, pool: nn.Module | None) -> torch.Tensor:
     split from ``qkv`` (4x faster on a 1024-px image's stage-2 queries)."""
     if pool is None:
         return x
-    k = pool.kernel_size
     _, h, w, _ = x.shape
-    if (isinstance(pool, nn.MaxPool2d) and isinstance(k, int) and pool.stride == k
-            and pool.padding == 0 and pool.dilation == 1 and h % k == 0 and w % k == 0):
-        grid = x.unflatten(2, (w // k, k)).unflatten(1, (h // k, k))  # (B, H/k, k, W/k, k, C)
-        out = grid[:, :, 0, :, 0]
-        for i, j in itertools.product(range(k), range(k)):
-            if i or j:
-                out = torch.maximum(out, grid[:, :, i, :, j])
-        return out
+    if isinstance(pool, nn.MaxPool2d) and not pool.ceil_mode:
+        (kh, kw), stride = _pair(pool.kernel_size), _pair(pool.stride)
+        if (stride == (kh, kw) and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1)
+                and h % kh == 0 and w % kw == 0):
+            grid = x.unflatten(2, (w // kw, kw)).unflatten(1, (h // kh, kh))  # (B, H/kh, kh, W/kw, kw, C)
+            out = grid[:, :, 0, :, 0]
+            for i, j in itertools.product(range(kh), range(kw)):
+                if i or j:
+                    out = torch.maximum(out, grid[:, :, i, :, j])
+            return out
     return pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # (B, H', W', C)
 
 
