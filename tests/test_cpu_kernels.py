@@ -311,3 +311,21 @@ def test_query_pooling_equals_max_pool(strided, window, monkeypatch):
     odd = torch.randn(1, 7, 9, 8)  # not a multiple of the window: max_pool2d drops the remainder
     assert torch.equal(hiera._pool(odd, pool), F.max_pool2d(odd.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("hw, ws", [((32, 32), 14), ((16, 16), 7), ((30, 45), 8), ((5, 3), 8), ((13, 28), 14)])
+def test_padded_window_partition_written_directly(hw, ws):
+    """Without autograd a padded map is written into its windows block by block: the same
+    windows as padding then reordering (the autograd path), padding exactly zero, and the
+    round trip gives the map back."""
+    from sam2_core.modeling.hiera import window_partition, window_unpartition
+
+    x = torch.randn(2, *hw, 6)[:, :, :, 1:]  # a strided view, as a map's channels may be
+    with torch.no_grad():
+        direct, pad_hw = window_partition(x, ws)
+        back = window_unpartition(direct, ws, pad_hw, hw)
+    with torch.enable_grad():
+        padded, pad_ref = window_partition(x, ws)
+    assert pad_hw == pad_ref
+    assert torch.equal(direct, padded)
+    assert torch.equal(back, x)

@@ -18,13 +18,43 @@ from sam2_core.modeling.common import MLP
 from sam2_core.modeling.linear import Linear, linear
 
 
+def _real_blocks(hw: tuple[int, int], ws: int):
+    """The real (unpadded) part of a map of size hw cut into ws x ws windows, as up to four
+    blocks, each (rows of the map, columns of the map, the same pixels as indices of the
+    (window row, row in window, window column, column in window) grid, the block's shape in
+    that grid)."""
+    def spans(n: int):
+        full, rest = divmod(n, ws)
+        if full:
+            yield slice(0, full * ws), slice(0, full), slice(None), (full, ws)
+        if rest:
+            yield slice(full * ws, n), slice(full, full + 1), slice(0, rest), (1, rest)
+
+    for rows, wr, ir, (nwr, nir) in spans(hw[0]):
+        for cols, wc, ic, (nwc, nic) in spans(hw[1]):
+            yield rows, cols, (wr, ir, wc, ic), (nwr, nir, nwc, nic)
+
+
 def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(B, H, W, C) -> (B * nW, ws, ws, C), zero-padding H and W up to multiples of ws."""
+    """(B, H, W, C) -> (B * nW, ws, ws, C), zero-padding H and W up to multiples of ws.
+
+    Without autograd a padded map is written into its windows directly (its real blocks copied,
+    the padding zeroed): one pass instead of padding, then reordering, a copy each."""
     b, h, w, c = x.shape
     pad_h, pad_w = (ws - h % ws) % ws, (ws - w % ws) % ws
+    hp, wp = h + pad_h, w + pad_w
+    if (pad_h or pad_w) and not torch.is_grad_enabled():
+        windows = x.new_empty(b, hp // ws, wp // ws, ws, ws, c)
+        grid = windows.permute(0, 1, 3, 2, 4, 5)  # (B, H/ws, ws, W/ws, ws, C): map order
+        for rows, cols, (wr, ir, wc, ic), (nwr, nir, nwc, nic) in _real_blocks((h, w), ws):
+            grid[:, wr, ir, wc, ic] = x[:, rows, cols].reshape(b, nwr, nir, nwc, nic, c)
+        if pad_h:
+            grid[:, -1, ws - pad_h:] = 0
+        if pad_w:
+            grid[:, :, :, -1, ws - pad_w:] = 0
+        return windows.view(-1, ws, ws, c), (hp, wp)
     if pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
     x = x.view(b, hp // ws, ws, wp // ws, ws, c)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, c), (hp, wp)
 
