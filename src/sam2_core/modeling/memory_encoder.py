@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sam2_core.modeling.common import LayerNorm2d
-from sam2_core.modeling.linear import Linear
+from sam2_core.modeling.linear import Linear, linear_act
 from sam2_core.modeling.position_encoding import PositionEmbeddingSine
 
 
@@ -48,7 +48,7 @@ class CXBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(self.dwconv(x)).permute(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
-        y = self.gamma * self.pwconv2(self.act(self.pwconv1(y)))
+        y = self.gamma * self.pwconv2(linear_act(y, self.pwconv1, self.act))  # GELU fused where oneDNN runs
         return x + y.permute(0, 3, 1, 2)
 
 
