@@ -74,14 +74,15 @@ def window_unpartition(
 def _pool(x: torch.Tensor, pool: nn.Module | None) -> torch.Tensor:
     """Max-pool a (B, H, W, C) map spatially.
 
-    Hiera's pooling (k x k windows, stride k, H and W multiples of k) is taken as the elementwise
-    maximum of the k * k strided views of the map: the same values, without the copy to a
-    channels-first layout that ``max_pool2d`` makes of a (B, H, W, C) view such as the queries
-    split from ``qkv`` (4x faster on a 1024-px image's stage-2 queries)."""
+    A strided map, such as the queries split from ``qkv``, pooled as Hiera pools (k x k windows,
+    stride k, H and W multiples of k) is taken as the elementwise maximum of its k * k strided
+    views: the same values, without the copy to a channels-first layout that ``max_pool2d`` makes
+    of it (4x faster on a 1024-px image's stage-2 queries). A contiguous map goes to
+    ``max_pool2d``'s channels-last kernel, which is as fast or faster there."""
     if pool is None:
         return x
     _, h, w, _ = x.shape
-    if isinstance(pool, nn.MaxPool2d) and not pool.ceil_mode:
+    if isinstance(pool, nn.MaxPool2d) and not pool.ceil_mode and not x.is_contiguous():
         (kh, kw), stride = _pair(pool.kernel_size), _pair(pool.stride)
         if (stride == (kh, kw) and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1)
                 and h % kh == 0 and w % kw == 0):
