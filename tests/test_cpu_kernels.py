@@ -215,11 +215,14 @@ def test_trunk_stages_are_channels_last():
             assert x.permute(0, 2, 3, 1).is_contiguous(), (tuple(x.shape), x.stride())
 
 
+@pytest.mark.parametrize("rectangular", [False, True])
 @pytest.mark.parametrize("block_index", [4, 10, 11])
-def test_padded_windows_project_real_tokens_only(block_index):
+def test_padded_windows_project_real_tokens_only(block_index, rectangular):
     """Windowed blocks of a map that is not a multiple of the window (stage 3 and 4 at 512 px:
-    32 x 32 in 14-px windows, 16 x 16 in 7-px windows, the pooling block between them): the
-    inference path equals the plain one (padded tokens projected, as under autograd)."""
+    32 x 32 in 14-px windows, 16 x 16 in 7-px windows, the pooling block between them; and
+    rectangular maps, whose edge windows differ in shape): the inference path (real tokens
+    projected; without pooling only their queries attend) equals the plain one (padded tokens
+    projected and attending, as under autograd)."""
     torch.manual_seed(0)
     trunk = Hiera(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2), global_att_blocks=(5, 7, 9),
                   window_pos_embed_bkg_spatial_size=(7, 7)).double().eval()
@@ -227,8 +230,9 @@ def test_padded_windows_project_real_tokens_only(block_index):
         p.data.normal_(0, 0.1)
     block = trunk.blocks[block_index]
     hw = 16 if block_index == 11 else 32
-    assert hw % block.window_size  # padded
-    x = torch.randn(2, hw, hw, block.dim, dtype=torch.float64)
+    width = hw - 6 if rectangular else hw  # 26 or 10: other edge windows than the rows'
+    assert hw % block.window_size and width % block.window_size  # padded
+    x = torch.randn(2, hw, width, block.dim, dtype=torch.float64)
     with torch.no_grad():
         ours = block(x)
     plain = block(x)  # autograd on: every padded token projected

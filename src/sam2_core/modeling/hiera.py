@@ -101,8 +101,9 @@ class MultiScaleAttention(nn.Module):
 
     Windows are zero-padded and the padded tokens take part in attention unmasked (Meta's rule):
     their keys and values are the projection biases. Without autograd, a padded map has only its
-    real tokens projected (``_padded_windows``); the output projection always runs after the
-    windows are merged, on real tokens only.
+    real tokens projected (``_padded_windows``), and without query pooling only their queries
+    attend (``_real_queries``); the output projection always runs after the windows are merged,
+    on real tokens only.
     """
 
     def __init__(self, dim: int, dim_out: int, num_heads: int, q_pool: nn.Module | None = None):
@@ -121,6 +122,8 @@ class MultiScaleAttention(nn.Module):
         if ws == 0:
             return self.proj(self._attend(self.qkv(x)))
         if (h % ws or w % ws) and not torch.is_grad_enabled():
+            if self.q_pool is None:
+                return self.proj(self._real_queries(x, ws))
             out, pad_hw = self._padded_windows(x, ws)
         else:
             windows, pad_hw = window_partition(x, ws)  # (B * nW, ws, ws, dim)
@@ -141,6 +144,28 @@ class MultiScaleAttention(nn.Module):
         qkv, pad_hw = window_partition(linear(x, self.qkv.weight), ws)  # padded tokens exactly 0
         q_bias, _, v_bias = self.qkv.bias.chunk(3)
         return self._attend(qkv, q_bias=q_bias, v_bias=v_bias), pad_hw
+
+    def _real_queries(self, x: torch.Tensor, ws: int) -> torch.Tensor:
+        """Padded windows as :meth:`_padded_windows` computes them, for the real tokens' queries
+        only: (B, H, W, dim) -> (B, H, W, dim_out) before proj. The padded tokens' keys and values
+        still take part; their queries, whose outputs are cropped, are not computed."""
+        b, h, w, _ = x.shape
+        qkv, (hp, wp) = window_partition(linear(x, self.qkv.weight), ws)  # padded tokens exactly 0
+        c, heads = qkv.shape[-1] // 3, self.num_heads
+        q_bias, _, v_bias = self.qkv.bias.chunk(3)
+        grid = qkv.view(b, hp // ws, wp // ws, ws, ws, 3 * c)  # (B, window row, window col, ws, ws, 3C)
+        out = x.new_empty(b, h, w, c)
+        for rows, cols, (wr, ir, wc, ic), (nwr, nir, nwc, nic) in _real_blocks((h, w), ws):
+            blk = grid[:, wr, wc]  # (B, nwr, nwc, ws, ws, 3C): windows of one shape of real part
+            n = b * nwr * nwc
+            q = blk[:, :, :, ir, ic, :c].reshape(n, nir * nic, heads, -1) + q_bias.view(heads, -1)
+            k = blk[..., c:2 * c].reshape(n, ws * ws, heads, -1)
+            v = blk[..., 2 * c:].reshape(n, ws * ws, heads, -1)
+            o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            o = (o + v_bias.view(heads, 1, -1)).transpose(1, 2)  # (n, nir * nic, heads, d)
+            out[:, rows, cols] = o.reshape(b, nwr, nwc, nir, nic, c).transpose(2, 3).reshape(
+                b, nwr * nir, nwc * nic, c)
+        return out
 
     def _attend(self, qkv: torch.Tensor, q_bias: torch.Tensor | None = None,
                 v_bias: torch.Tensor | None = None) -> torch.Tensor:
