@@ -333,3 +333,26 @@ def test_padded_window_partition_written_directly(hw, ws):
     assert pad_hw == pad_ref
     assert torch.equal(direct, padded)
     assert torch.equal(back, x)
+
+
+def test_memory_attention_residual_stream_contiguous():
+    """Features flattened from (B, C, H, W) are a strided (B, HW, C) view: memory attention makes
+    its residual stream contiguous once, so that no LayerNorm copies its input, with the same
+    result as for contiguous features."""
+    from sam2_core.modeling.memory_attention import MemoryAttention
+
+    torch.manual_seed(0)
+    ma = MemoryAttention(num_layers=2).eval()
+    curr = torch.randn(1, 256, 8, 8).flatten(2).transpose(1, 2)  # (1, 64, 256), channels-first memory
+    pos = torch.randn(1, 256, 8, 8).flatten(2).transpose(1, 2)
+    mem, mem_pos = torch.randn(1, 2 * 64 + 4, 64), torch.randn(1, 2 * 64 + 4, 64)
+    assert not curr.is_contiguous()
+    seen = []
+    for layer in ma.layers:
+        for norm in (layer.norm1, layer.norm2, layer.norm3):
+            norm.register_forward_pre_hook(lambda mod, args: seen.append(args[0].is_contiguous()))
+    with torch.no_grad():
+        out = ma(curr, pos, mem, mem_pos, feat_hw=(8, 8), num_obj_ptr_tokens=4)
+        ref = ma(curr.contiguous(), pos.contiguous(), mem, mem_pos, feat_hw=(8, 8), num_obj_ptr_tokens=4)
+    assert seen and all(seen)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)

@@ -241,7 +241,9 @@ class MemoryAttention(nn.Module):
         if first is None and (b > 1 and not self.training and curr.stride(0) == 0 and curr_pos.stride(0) == 0
                               and (rope is None or rope[0][0].ndim == 2)):
             first = self.first_self_attention(curr, curr_pos, feat_hw=feat_hw, rope=rope)
-        out = curr + 0.1 * curr_pos if first is None else first
+        # a contiguous (B, HW, C) residual stream: features flattened from (B, C, H, W) are a
+        # strided view, and sums keep their operands' layout, so every LayerNorm copied its input
+        out = (curr + 0.1 * curr_pos if first is None else first).contiguous()
         for k, layer in enumerate(self.layers):
             shared = first is not None and k == 0  # the self-attention is done: broadcast to the batch
             out = layer(
@@ -255,4 +257,5 @@ class MemoryAttention(nn.Module):
         """The first layer's self-attention on one frame's features (1, H*W, C) and their encoding
         -> (1, H*W, C): the same for every object tracked on that frame, so it can be computed
         once and passed to :meth:`forward` as ``first`` for each batch of objects."""
-        return self.layers[0].self_part(curr[:1] + 0.1 * curr_pos[:1], feat_hw=feat_hw, rope=rope)
+        tgt = (curr[:1] + 0.1 * curr_pos[:1]).contiguous()  # (see forward)
+        return self.layers[0].self_part(tgt, feat_hw=feat_hw, rope=rope)
